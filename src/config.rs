@@ -1,0 +1,267 @@
+//! Configuration of a [`Log`](crate::Log).
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::record::HEADER_BYTES;
+
+/// When an acknowledged append is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// An append returns only after its bytes are fsynced. Appenders that run
+    /// at the same time share one fsync (group commit).
+    Sync,
+    /// Appends return once written to the page cache; a background thread
+    /// fsyncs every partition at this interval. A crash of the machine loses
+    /// at most about one interval of acknowledged appends; a crash of the
+    /// process alone loses nothing.
+    Interval(Duration),
+    /// Appends return once written to the page cache and are fsynced only when
+    /// a segment rolls, on [`Log::sync`](crate::Log::sync) and on close. This is
+    /// Kafka's default: a power loss may lose any unsynced append.
+    None,
+}
+
+/// How the records inside a batch are compressed on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Records are stored as they are.
+    #[default]
+    None,
+    /// LZ4 block compression.
+    Lz4,
+    /// Zstandard at the given level (1 to 22).
+    Zstd {
+        /// The compression level.
+        level: i32,
+    },
+}
+
+/// What happens to old segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cleanup {
+    /// Whole segments are deleted by the retention limits.
+    #[default]
+    Delete,
+    /// Closed segments are rewritten to keep the latest record of each key.
+    Compact,
+}
+
+/// Settings of a log. Every field has a documented default; build one with
+/// [`Config::default`] and the chainable setters of the same names.
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_log::{Config, Durability};
+///
+/// let config = Config::default()
+///     .partitions(4)
+///     .segment_bytes(64 << 20)
+///     .durability(Durability::Interval(Duration::from_millis(50)));
+/// assert_eq!(config.partitions, 4);
+/// ```
+///
+/// [`Log::open`](crate::Log::open) checks the values and refuses invalid ones
+/// with [`Error::InvalidConfig`] naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Number of partitions. An existing log keeps the partitions it has; a
+    /// larger value adds partitions, a smaller one is refused.
+    ///
+    /// Default: 1.
+    pub partitions: u32,
+    /// A segment rolls when the next batch would take it past this size. A
+    /// batch larger than this is stored alone in its own segment.
+    ///
+    /// Default: 1 GiB. At most 4 GiB - 1 (positions in a segment are 32-bit).
+    pub segment_bytes: u64,
+    /// A segment rolls when its first batch is older than this.
+    ///
+    /// Default: 7 days.
+    pub segment_max_age: Duration,
+    /// An offset-index entry is written each time this many bytes of batches
+    /// have been appended since the previous entry.
+    ///
+    /// Default: 4 KiB.
+    pub index_interval_bytes: u32,
+    /// Maximum size of a segment's offset index; a full index rolls the
+    /// segment. The time index gets 1.5 times this.
+    ///
+    /// Default: 10 MiB.
+    pub max_index_bytes: u32,
+    /// Largest encoded batch the log accepts.
+    ///
+    /// Default: 1 MiB.
+    pub max_batch_bytes: u32,
+    /// Old segments are deleted while the partition is larger than this.
+    ///
+    /// Default: `None` (no size limit).
+    pub retention_bytes: Option<u64>,
+    /// Segments whose newest record is older than this are deleted.
+    ///
+    /// Default: 7 days.
+    pub retention_age: Option<Duration>,
+    /// How often the background thread enforces retention.
+    ///
+    /// Default: 5 minutes.
+    pub retention_check_interval: Duration,
+    /// When an acknowledged append is on disk.
+    ///
+    /// Default: [`Durability::Sync`].
+    pub durability: Durability,
+    /// Codec for batches appended to this log.
+    ///
+    /// Default: [`Compression::None`].
+    pub compression: Compression,
+    /// What happens to old segments.
+    ///
+    /// Default: [`Cleanup::Delete`].
+    pub cleanup: Cleanup,
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Largest segment: positions inside a segment are stored as `u32`.
+pub(crate) const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
+/// Largest partition count accepted.
+pub(crate) const MAX_PARTITIONS: u32 = 1 << 16;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            partitions: 1,
+            segment_bytes: GIB,
+            segment_max_age: 7 * DAY,
+            index_interval_bytes: 4 * KIB as u32,
+            max_index_bytes: 10 * MIB as u32,
+            max_batch_bytes: MIB as u32,
+            retention_bytes: None,
+            retention_age: Some(7 * DAY),
+            retention_check_interval: Duration::from_secs(5 * 60),
+            durability: Durability::Sync,
+            compression: Compression::None,
+            cleanup: Cleanup::Delete,
+        }
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        impl Config {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`Config::partitions`].
+    partitions: u32;
+    /// Sets [`Config::segment_bytes`].
+    segment_bytes: u64;
+    /// Sets [`Config::segment_max_age`].
+    segment_max_age: Duration;
+    /// Sets [`Config::index_interval_bytes`].
+    index_interval_bytes: u32;
+    /// Sets [`Config::max_index_bytes`].
+    max_index_bytes: u32;
+    /// Sets [`Config::max_batch_bytes`].
+    max_batch_bytes: u32;
+    /// Sets [`Config::retention_bytes`].
+    retention_bytes: Option<u64>;
+    /// Sets [`Config::retention_age`].
+    retention_age: Option<Duration>;
+    /// Sets [`Config::retention_check_interval`].
+    retention_check_interval: Duration;
+    /// Sets [`Config::durability`].
+    durability: Durability;
+    /// Sets [`Config::compression`].
+    compression: Compression;
+    /// Sets [`Config::cleanup`].
+    cleanup: Cleanup;
+}
+
+impl Config {
+    /// Checks every field; the error names the first invalid one.
+    pub fn validate(&self) -> Result<()> {
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(Error::config(
+                "partitions",
+                format!("must be between 1 and {MAX_PARTITIONS}"),
+            ));
+        }
+        if self.segment_bytes == 0 || self.segment_bytes > MAX_SEGMENT_BYTES {
+            return Err(Error::config(
+                "segment_bytes",
+                format!("must be between 1 and {MAX_SEGMENT_BYTES}"),
+            ));
+        }
+        if self.segment_max_age.is_zero() {
+            return Err(Error::config("segment_max_age", "must be positive"));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(Error::config("index_interval_bytes", "must be positive"));
+        }
+        if self.max_index_bytes < 64 {
+            return Err(Error::config("max_index_bytes", "must be at least 64"));
+        }
+        if (self.max_batch_bytes as usize) <= HEADER_BYTES {
+            return Err(Error::config(
+                "max_batch_bytes",
+                format!("must be larger than the {HEADER_BYTES}-byte batch header"),
+            ));
+        }
+        if self.retention_bytes == Some(0) {
+            return Err(Error::config(
+                "retention_bytes",
+                "must be positive (use None for no limit)",
+            ));
+        }
+        if self.retention_age.is_some_and(|age| age.is_zero()) {
+            return Err(Error::config(
+                "retention_age",
+                "must be positive (use None for no limit)",
+            ));
+        }
+        if self.retention_check_interval.is_zero() {
+            return Err(Error::config(
+                "retention_check_interval",
+                "must be positive",
+            ));
+        }
+        if let Durability::Interval(every) = self.durability
+            && every.is_zero()
+        {
+            return Err(Error::config(
+                "durability",
+                "the interval must be positive (use Durability::Sync to sync every append)",
+            ));
+        }
+        match self.compression {
+            Compression::None => {}
+            Compression::Lz4 | Compression::Zstd { .. } => {
+                return Err(Error::config(
+                    "compression",
+                    "this build supports only Compression::None",
+                ));
+            }
+        }
+        if self.cleanup == Cleanup::Compact {
+            return Err(Error::config(
+                "cleanup",
+                "this build supports only Cleanup::Delete",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! The one error type of the crate.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A specialised `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `durable-log`.
+///
+/// Each variant carries what a caller needs to act on it: the offsets of the
+/// log for [`Error::OffsetOutOfRange`], the file and byte position for
+/// [`Error::Corrupt`], the path for [`Error::Io`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory the operation was on.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Bytes on disk failed validation where the log expected durable data.
+    ///
+    /// Torn writes at the unsynced tail of the active segment are repaired at
+    /// open; this error is reserved for data that was already synced (or for a
+    /// read that finds a batch that no longer checks out).
+    #[error("corrupt data in {path} at byte {position}: {kind}")]
+    Corrupt {
+        /// The file that holds the bad bytes.
+        path: PathBuf,
+        /// Byte position in that file where the bad data starts.
+        position: u64,
+        /// What was wrong with it.
+        kind: CorruptKind,
+    },
+
+    /// The requested offset is not stored in the partition.
+    ///
+    /// Reading exactly at `end` is not an error: it returns no records.
+    #[error("offset {requested} is out of range [{start}, {end}]")]
+    OffsetOutOfRange {
+        /// The offset that was asked for.
+        requested: u64,
+        /// The first offset still stored (the log start offset).
+        start: u64,
+        /// The next offset to be assigned (the log end offset).
+        end: u64,
+    },
+
+    /// A record or batch is larger than `Config::max_batch_bytes`.
+    #[error("batch of {size} bytes exceeds the maximum of {max} bytes")]
+    RecordTooLarge {
+        /// The encoded size in bytes.
+        size: u64,
+        /// The configured maximum in bytes.
+        max: u64,
+    },
+
+    /// An append was given no records.
+    #[error("an append needs at least one record")]
+    EmptyBatch,
+
+    /// Another `Log` (in this process or another one) holds the directory.
+    #[error("the log at {path} is locked by another open Log")]
+    Locked {
+        /// The log directory.
+        path: PathBuf,
+    },
+
+    /// A configuration value is invalid.
+    #[error("invalid config `{field}`: {reason}")]
+    InvalidConfig {
+        /// The name of the `Config` field.
+        field: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// The partition number does not exist in this log.
+    #[error("partition {partition} does not exist (the log has {partitions})")]
+    UnknownPartition {
+        /// The partition that was asked for.
+        partition: u32,
+        /// How many partitions the log has.
+        partitions: u32,
+    },
+
+    /// The directory exists but is not a durable-log directory, or was
+    /// written by a newer, unsupported format version.
+    #[error("{path} is not a readable durable-log directory: {reason}")]
+    NotALog {
+        /// The directory or file that was refused.
+        path: PathBuf,
+        /// What was found.
+        reason: String,
+    },
+
+    /// A write or fsync failed earlier; the partition refuses writes until
+    /// the log is reopened and recovered.
+    ///
+    /// An fsync that failed may have dropped dirty pages, so retrying it
+    /// could report success for data that is gone. The only safe way on is to
+    /// reopen, which validates what reached the disk.
+    #[error("partition {partition} is poisoned by an earlier I/O failure; reopen the log")]
+    Poisoned {
+        /// The partition that failed.
+        partition: u32,
+    },
+
+    /// The log was closed.
+    #[error("the log is closed")]
+    Closed,
+}
+
+/// What was wrong with bytes read from disk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptKind {
+    /// The stored checksum does not match the bytes.
+    #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        /// Checksum in the header.
+        stored: u32,
+        /// Checksum of the bytes as read.
+        computed: u32,
+    },
+    /// A length field points outside the file or below the header size.
+    #[error("length {length} is out of bounds")]
+    Length {
+        /// The length that was read.
+        length: u64,
+    },
+    /// The format version byte is unknown.
+    #[error("unknown format version {0}")]
+    Version(u8),
+    /// A batch's offsets do not follow the previous batch's.
+    #[error("offset {found} does not follow {expected_at_least}")]
+    OffsetOrder {
+        /// The smallest offset that would have been valid.
+        expected_at_least: u64,
+        /// The offset found.
+        found: u64,
+    },
+    /// The records inside a batch do not decode.
+    #[error("malformed record: {0}")]
+    Record(&'static str),
+    /// An index entry is inconsistent with the log or with its neighbours.
+    #[error("bad index entry {entry}")]
+    Index {
+        /// Number of the entry in the index file.
+        entry: u64,
+    },
+    /// A metadata or checkpoint file is malformed.
+    #[error("malformed metadata: {0}")]
+    Metadata(&'static str),
+    /// The bytes end before the structure they hold does.
+    #[error("truncated: {needed} bytes needed, {available} available")]
+    Truncated {
+        /// Bytes required.
+        needed: u64,
+        /// Bytes present.
+        available: u64,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, kind: CorruptKind) -> Error {
+        Error::Corrupt {
+            path: path.into(),
+            position,
+            kind,
+        }
+    }
+
+    pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidConfig {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// True when the error says bytes on disk are damaged.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
+    }
+}

@@ -1,0 +1,1298 @@
+//! A partition: an ordered set of segments with one writer and any number of
+//! readers that never wait for it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::checkpoint::{Checkpoint, State};
+use crate::config::{Config, Durability};
+use crate::error::{CorruptKind, Error, Result};
+use crate::record::batch::{BatchHeader, EncodedBatch, ProducerStamp, Records};
+use crate::record::{Appended, Record, StoredRecord};
+use crate::recovery::{self, BatchDecision, RecoveryPoint, SegmentPlan};
+use crate::segment::{BatchMeta, Index, OffsetEntry, Segment, SegmentFiles, TimeEntry};
+use crate::storage::Storage;
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A handle to one partition of a [`Log`](crate::Log): cheap to clone, safe
+/// to share between threads.
+///
+/// One append runs at a time; reads run alongside appends and never wait
+/// for an fsync.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: u32,
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    config: Arc<Config>,
+    /// Readers take a snapshot; the writer swaps in a new list.
+    segments: RwLock<Arc<Vec<Arc<Segment>>>>,
+    /// The active segment; held while appending, rolling or truncating.
+    writer: Mutex<Arc<Segment>>,
+    /// Held by the thread that runs an fsync for everyone (group commit).
+    sync_lock: Mutex<()>,
+    checkpoint: Mutex<Checkpoint>,
+    end_offset: AtomicU64,
+    start_offset: AtomicU64,
+    durable_offset: AtomicU64,
+    /// Bumped by every truncation, so readers re-seek instead of reading
+    /// bytes that were cut.
+    truncations: AtomicU64,
+    poisoned: AtomicBool,
+    closed: AtomicBool,
+    tail_lock: Mutex<()>,
+    tail: Condvar,
+    waiters: AtomicUsize,
+}
+
+/// What opening a partition found and did, for reporting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// The previous shutdown was clean: nothing was scanned.
+    pub clean: bool,
+    /// Segments whose batches were read and checked.
+    pub segments_scanned: u32,
+    /// Indexes rebuilt from their segments.
+    pub indexes_rebuilt: u32,
+    /// Bytes cut from a torn tail.
+    pub truncated_bytes: u64,
+}
+
+impl Partition {
+    /// Opens (creating if empty) the partition stored in `dir`.
+    pub(crate) fn open(
+        id: u32,
+        dir: &Path,
+        storage: Arc<dyn Storage>,
+        config: Arc<Config>,
+    ) -> Result<(Partition, RecoveryReport)> {
+        let mut report = RecoveryReport::default();
+        let names = storage.list_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut logs = BTreeSet::new();
+        let mut indexes = Vec::new();
+        let mut removed = false;
+        for name in &names {
+            match recovery::classify(name) {
+                recovery::Entry::Log(base) => {
+                    logs.insert(base);
+                }
+                recovery::Entry::Index(base) => indexes.push((base, name)),
+                recovery::Entry::Leftover => {
+                    let path = dir.join(name);
+                    storage
+                        .remove_file(&path)
+                        .map_err(|e| Error::io(&path, e))?;
+                    removed = true;
+                }
+                recovery::Entry::Checkpoint | recovery::Entry::Foreign => {}
+            }
+        }
+        for (base, name) in indexes {
+            if !logs.contains(&base) {
+                let path = dir.join(name);
+                storage
+                    .remove_file(&path)
+                    .map_err(|e| Error::io(&path, e))?;
+                removed = true;
+            }
+        }
+        let (mut checkpoint, state) = Checkpoint::open(&*storage, dir)?;
+        let point = state.map(|s| RecoveryPoint {
+            clean: s.clean,
+            segment: s.segment,
+            position: s.position,
+        });
+        let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(logs.len());
+        let bases: Vec<u64> = logs.into_iter().collect();
+        for (i, &base) in bases.iter().enumerate() {
+            let is_last = i + 1 == bases.len();
+            let next_base = bases.get(i + 1).copied();
+            let previous_next = segments.last().map(|s| s.next_offset());
+            let segment = open_segment(
+                &*storage,
+                dir,
+                &config,
+                base,
+                is_last,
+                next_base,
+                previous_next,
+                point,
+                state,
+                &mut report,
+            )?;
+            segments.push(Arc::new(segment));
+        }
+        if segments.is_empty() {
+            let base = state.map_or(0, |s| s.log_start_offset.max(s.next_offset));
+            segments.push(Arc::new(Segment::create(&*storage, dir, base, &config)?));
+            removed = true;
+        }
+        if removed {
+            storage.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let active = segments.last().expect("at least one segment").clone();
+        if !report.clean {
+            // What the scan kept is made durable, so the recovery point can
+            // cover all of it.
+            active.sync()?;
+        }
+        let end = active.next_offset();
+        let first_base = segments[0].base_offset();
+        let start = state.map_or(first_base, |s| s.log_start_offset.clamp(first_base, end));
+        // Clear the clean mark before anything can be appended, or a crash
+        // after the next append would trust a stale size.
+        checkpoint.write(
+            State {
+                clean: false,
+                log_start_offset: start,
+                segment: active.base_offset(),
+                position: active.size(),
+                next_offset: end,
+            },
+            true,
+        )?;
+        let inner = Inner {
+            id,
+            dir: dir.to_path_buf(),
+            storage,
+            config,
+            segments: RwLock::new(Arc::new(segments)),
+            writer: Mutex::new(active),
+            sync_lock: Mutex::new(()),
+            checkpoint: Mutex::new(checkpoint),
+            end_offset: AtomicU64::new(end),
+            start_offset: AtomicU64::new(start),
+            durable_offset: AtomicU64::new(end),
+            truncations: AtomicU64::new(0),
+            poisoned: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            tail_lock: Mutex::new(()),
+            tail: Condvar::new(),
+            waiters: AtomicUsize::new(0),
+        };
+        Ok((
+            Partition {
+                inner: Arc::new(inner),
+            },
+            report,
+        ))
+    }
+
+    /// The partition's number in its log.
+    pub fn id(&self) -> u32 {
+        self.inner.id
+    }
+
+    /// The next offset to be assigned (the log end offset).
+    pub fn end_offset(&self) -> u64 {
+        self.inner.end_offset.load(Ordering::Acquire)
+    }
+
+    /// The first offset still stored (the log start offset).
+    pub fn start_offset(&self) -> u64 {
+        self.inner.start_offset.load(Ordering::Acquire)
+    }
+
+    /// Every offset below this one is on disk (fsynced).
+    pub fn durable_offset(&self) -> u64 {
+        self.inner.durable_offset.load(Ordering::Acquire)
+    }
+
+    /// Total bytes of the partition's segment files.
+    pub fn size_bytes(&self) -> u64 {
+        self.snapshot().iter().map(|s| s.size()).sum()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.inner.segments.read().clone()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        self.check_open()?;
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned {
+                partition: self.inner.id,
+            });
+        }
+        Ok(())
+    }
+
+    fn poison(&self, error: Error) -> Error {
+        self.inner.poisoned.store(true, Ordering::Release);
+        error
+    }
+
+    /// Appends `records` as one atomic batch and returns the offsets the log
+    /// gave them.
+    ///
+    /// Durability: with [`Durability::Sync`] this returns once the batch is
+    /// fsynced (appenders running at the same time share one fsync); with the
+    /// other policies once it is in the page cache. Readers see the batch as
+    /// soon as it is written, before it is synced: compare with
+    /// [`Partition::durable_offset`] when that matters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EmptyBatch`] for no records, [`Error::RecordTooLarge`] when
+    /// the batch would exceed `max_batch_bytes`, [`Error::Poisoned`] after an
+    /// earlier I/O failure, [`Error::Closed`], and [`Error::Io`] (which
+    /// poisons the partition).
+    pub fn append(&self, records: &[Record]) -> Result<Appended> {
+        if records.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let max = self.inner.config.max_batch_bytes;
+        let batch =
+            EncodedBatch::encode(records, now_ms(), max).map_err(|size| Error::RecordTooLarge {
+                size,
+                max: u64::from(max),
+            })?;
+        self.append_encoded(batch)
+    }
+
+    /// Appends an encoded batch, then waits for the configured durability.
+    pub(crate) fn append_encoded(&self, batch: EncodedBatch) -> Result<Appended> {
+        let appended = self.write_batch(batch)?;
+        self.notify_tail();
+        if self.inner.config.durability == Durability::Sync {
+            self.sync_to(appended.last_offset + 1)?;
+        }
+        Ok(appended)
+    }
+
+    fn write_batch(&self, mut batch: EncodedBatch) -> Result<Appended> {
+        let inner = &*self.inner;
+        let mut active = inner.writer.lock();
+        self.check_writable()?;
+        let base_offset = inner.end_offset.load(Ordering::Relaxed);
+        let unsealed = batch.header();
+        let last_offset = base_offset + u64::from(unsealed.last_offset_delta);
+        if self.needs_roll(&active, batch.len() as u64, last_offset) {
+            self.roll(&mut active)?;
+        }
+        let bytes = batch.seal(base_offset);
+        let position = active.write(bytes).map_err(|e| self.poison(e))?;
+        let header = batch.header();
+        debug_assert_eq!(header.base_offset, base_offset);
+        active
+            .append_meta(
+                BatchMeta { header, position },
+                inner.config.index_interval_bytes,
+            )
+            .map_err(|e| self.poison(e))?;
+        inner
+            .end_offset
+            .store(header.next_offset(), Ordering::Release);
+        Ok(Appended {
+            partition: inner.id,
+            base_offset,
+            last_offset: header.last_offset(),
+            max_timestamp: header.max_timestamp,
+        })
+    }
+
+    fn needs_roll(&self, active: &Segment, batch_bytes: u64, last_offset: u64) -> bool {
+        if active.is_empty() {
+            return !active.offsets_fit(last_offset);
+        }
+        let config = &self.inner.config;
+        let too_old = active.first_timestamp().is_some_and(|first| {
+            let age_ms = now_ms().saturating_sub(first);
+            u128::try_from(age_ms).is_ok_and(|age| age > config.segment_max_age.as_millis())
+        });
+        active.size() + batch_bytes > config.segment_bytes
+            || too_old
+            || active.indexes_full()
+            || !active.offsets_fit(last_offset)
+    }
+
+    /// Seals the active segment and starts a new one at the end offset.
+    fn roll(&self, active: &mut Arc<Segment>) -> Result<()> {
+        let inner = &*self.inner;
+        active.seal().map_err(|e| self.poison(e))?;
+        let end = inner.end_offset.load(Ordering::Relaxed);
+        inner.durable_offset.fetch_max(end, Ordering::AcqRel);
+        let next = Arc::new(
+            Segment::create(&*inner.storage, &inner.dir, end, &inner.config)
+                .map_err(|e| self.poison(e))?,
+        );
+        inner
+            .storage
+            .sync_dir(&inner.dir)
+            .map_err(|e| self.poison(Error::io(&inner.dir, e)))?;
+        {
+            let mut segments = inner.segments.write();
+            let mut list = (**segments).clone();
+            list.push(next.clone());
+            *segments = Arc::new(list);
+        }
+        *active = next;
+        self.write_checkpoint(active, false)
+    }
+
+    /// Records the recovery point at the end of `active` (whose bytes must be
+    /// synced), keeping the log start offset.
+    fn write_checkpoint(&self, active: &Segment, sync: bool) -> Result<()> {
+        let state = State {
+            clean: false,
+            log_start_offset: self.start_offset(),
+            segment: active.base_offset(),
+            position: active.size(),
+            next_offset: active.next_offset(),
+        };
+        self.inner
+            .checkpoint
+            .lock()
+            .write(state, sync)
+            .map_err(|e| self.poison(e))
+    }
+
+    /// Makes everything appended so far durable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poisoned`] after an earlier failure; [`Error::Io`] if the
+    /// fsync fails, which poisons the partition.
+    pub fn sync(&self) -> Result<()> {
+        self.check_open()?;
+        self.sync_to(self.end_offset())
+    }
+
+    /// Group commit: returns once every offset below `target` is durable. The
+    /// first thread to arrive runs one fsync covering every write made
+    /// before it started; threads that wrote meanwhile find their offsets
+    /// covered when they get the lock, or run the next fsync themselves.
+    fn sync_to(&self, target: u64) -> Result<()> {
+        let inner = &*self.inner;
+        if inner.durable_offset.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let _sync = inner.sync_lock.lock();
+        if inner.durable_offset.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        if inner.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned {
+                partition: inner.id,
+            });
+        }
+        let (active, end) = {
+            let active = inner.writer.lock();
+            (active.clone(), inner.end_offset.load(Ordering::Acquire))
+        };
+        // Bytes of `active` written before `end` was read are covered.
+        let position = active.size();
+        active.sync().map_err(|e| self.poison(e))?;
+        inner.durable_offset.fetch_max(end, Ordering::AcqRel);
+        let mut checkpoint = inner.checkpoint.lock();
+        let current = checkpoint.state();
+        if (active.base_offset(), position) > (current.segment, current.position) {
+            let state = State {
+                position,
+                next_offset: end,
+                segment: active.base_offset(),
+                ..current
+            };
+            checkpoint.write(state, false).map_err(|e| self.poison(e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the records from `offset` on, in whole batches of at most
+    /// `max_bytes` together (but at least one batch, however large).
+    ///
+    /// Reading at `end_offset()` returns no records. Every batch's checksum
+    /// is verified before its records are returned.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OffsetOutOfRange`] when `offset` is below `start_offset()` or
+    /// above `end_offset()`; [`Error::Corrupt`] for a batch that fails its
+    /// checks.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredRecord>> {
+        self.check_open()?;
+        let mut cursor = BatchCursor::seek(self, offset)?;
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        while let Some((header, batch, position)) = cursor.next_batch()? {
+            if !records.is_empty() && bytes + batch.len() > max_bytes {
+                break;
+            }
+            bytes += batch.len();
+            for record in Records::new(header, batch) {
+                let record =
+                    record.map_err(|kind| Error::corrupt(cursor.path(), position, kind))?;
+                if record.offset >= offset {
+                    records.push(record);
+                }
+            }
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(records)
+    }
+
+    /// An iterator over the records from `offset` to the end offset as it is
+    /// when each item is asked for. After it returns `None`, a later call to
+    /// `next` returns records appended since.
+    pub fn reader(&self, offset: u64) -> Reader {
+        Reader {
+            partition: self.clone(),
+            next_offset: offset,
+            cursor: None,
+            records: None,
+            failed: false,
+        }
+    }
+
+    /// Blocks until `end_offset() > offset` or `timeout` passes; returns
+    /// whether a record at `offset` (or later) is available. For tailing the
+    /// log without polling.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the log is closed while waiting.
+    pub fn wait_for(&self, offset: u64, timeout: Duration) -> Result<bool> {
+        let inner = &*self.inner;
+        let deadline = Instant::now() + timeout;
+        let mut guard = inner.tail_lock.lock();
+        inner.waiters.fetch_add(1, Ordering::SeqCst);
+        let result = loop {
+            if self.end_offset() > offset {
+                break Ok(true);
+            }
+            if inner.closed.load(Ordering::Acquire) {
+                break Err(Error::Closed);
+            }
+            if inner.tail.wait_until(&mut guard, deadline).timed_out() {
+                break Ok(self.end_offset() > offset);
+            }
+        };
+        inner.waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn notify_tail(&self) {
+        let inner = &*self.inner;
+        if inner.waiters.load(Ordering::SeqCst) > 0 {
+            // Taking the lock orders this wake-up after a waiter's check.
+            let _guard = inner.tail_lock.lock();
+            inner.tail.notify_all();
+        }
+    }
+
+    /// The first offset whose record has a timestamp at or after
+    /// `timestamp_ms`, or `None` if there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Corrupt`] if a batch on the way fails its checks.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        self.check_open()?;
+        let start = self.start_offset();
+        for segment in self.snapshot().iter() {
+            if segment.max_timestamp() < timestamp_ms || segment.next_offset() <= start {
+                continue;
+            }
+            let mut position = segment.position_for_timestamp(timestamp_ms)?;
+            let size = segment.size();
+            while position < size {
+                let (header, batch) = segment.read_batch(position)?;
+                if header.max_timestamp >= timestamp_ms && header.last_offset() >= start {
+                    for record in Records::new(header, batch) {
+                        let record = record
+                            .map_err(|kind| Error::corrupt(segment.log_path(), position, kind))?;
+                        if record.timestamp >= timestamp_ms && record.offset >= start {
+                            return Ok(Some(record.offset));
+                        }
+                    }
+                }
+                position += u64::from(header.batch_length);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Drops every record at and after `offset`, so that `end_offset()`
+    /// becomes `offset`; a batch that straddles `offset` is rewritten with
+    /// its records below it. A no-op when `offset >= end_offset()`; below
+    /// `start_offset()` the partition is emptied and restarts at `offset`.
+    /// The truncation is durable when this returns.
+    ///
+    /// Replication uses this to cut a follower back to the leader's log.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] (which poisons the partition), [`Error::Poisoned`],
+    /// [`Error::Closed`].
+    pub fn truncate_to(&self, offset: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let _sync = inner.sync_lock.lock();
+        let mut active = inner.writer.lock();
+        self.check_writable()?;
+        if offset >= inner.end_offset.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let segments = self.snapshot();
+        let keep = segments.iter().filter(|s| s.base_offset() < offset).count();
+        let start = self.start_offset();
+        let result = if keep == 0 || offset <= start {
+            self.truncate_fully(&segments, offset)
+        } else {
+            self.truncate_within(&segments, keep, offset)
+        };
+        let new_list = result.map_err(|e| self.poison(e))?;
+        let last = new_list
+            .last()
+            .expect("a partition keeps a segment")
+            .clone();
+        *inner.segments.write() = Arc::new(new_list);
+        *active = last.clone();
+        inner.end_offset.store(offset, Ordering::Release);
+        inner.durable_offset.store(offset, Ordering::Release);
+        inner.truncations.fetch_add(1, Ordering::AcqRel);
+        if offset < start {
+            inner.start_offset.store(offset, Ordering::Release);
+        }
+        self.write_checkpoint(&last, true)
+    }
+
+    fn truncate_fully(&self, segments: &[Arc<Segment>], offset: u64) -> Result<Vec<Arc<Segment>>> {
+        let inner = &*self.inner;
+        let first = segments[0].base_offset();
+        // First the recovery point goes below everything; then files go.
+        inner.checkpoint.lock().write(
+            State {
+                clean: false,
+                log_start_offset: offset,
+                segment: first.min(offset),
+                position: 0,
+                next_offset: offset,
+            },
+            true,
+        )?;
+        inner.start_offset.store(offset, Ordering::Release);
+        for segment in segments.iter().rev() {
+            self.remove_files(segment)?;
+        }
+        let fresh = Arc::new(Segment::create(
+            &*inner.storage,
+            &inner.dir,
+            offset,
+            &inner.config,
+        )?);
+        self.sync_dir()?;
+        Ok(vec![fresh])
+    }
+
+    fn truncate_within(
+        &self,
+        segments: &[Arc<Segment>],
+        keep: usize,
+        offset: u64,
+    ) -> Result<Vec<Arc<Segment>>> {
+        let inner = &*self.inner;
+        let cut_segment = segments[keep - 1].clone();
+        let position = cut_segment.position_of(offset)?;
+        {
+            let mut checkpoint = inner.checkpoint.lock();
+            let current = checkpoint.state();
+            let synced = if current.segment == cut_segment.base_offset() {
+                current.position.min(position)
+            } else {
+                position
+            };
+            checkpoint.write(
+                State {
+                    segment: cut_segment.base_offset(),
+                    position: synced,
+                    next_offset: offset.min(current.next_offset),
+                    ..current
+                },
+                true,
+            )?;
+        }
+        // Later segments go first, so a crash leaves a prefix of the log.
+        for segment in segments[keep..].iter().rev() {
+            self.remove_files(segment)?;
+        }
+        self.sync_dir()?;
+        let mut list: Vec<Arc<Segment>> = segments[..keep - 1].to_vec();
+        list.push(Arc::new(self.rewrite_prefix(
+            &cut_segment,
+            position,
+            offset,
+        )?));
+        Ok(list)
+    }
+
+    /// Writes a new file holding the segment's bytes below `position` plus the
+    /// records below `offset` of the batch at `position`, and renames it over
+    /// the segment. Readers of the old file keep their (now unlinked) copy.
+    fn rewrite_prefix(&self, segment: &Segment, position: u64, offset: u64) -> Result<Segment> {
+        let inner = &*self.inner;
+        let path = segment.log_path().to_path_buf();
+        let temp = PathBuf::from(format!("{}{}", path.display(), recovery::REWRITE_SUFFIX));
+        let file = inner
+            .storage
+            .open(&temp, true)
+            .map_err(|e| Error::io(&temp, e))?;
+        file.set_len(0).map_err(|e| Error::io(&temp, e))?;
+        let mut copied = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        while copied < position {
+            let n = (position - copied).min(buf.len() as u64) as usize;
+            crate::storage::read_exact_at(&**segment.log_file(), &mut buf[..n], copied)
+                .map_err(|e| Error::io(&path, e))?;
+            file.write_at(&buf[..n], copied)
+                .map_err(|e| Error::io(&temp, e))?;
+            copied += n as u64;
+        }
+        if position < segment.size() {
+            let (header, batch) = segment.read_batch(position)?;
+            if header.base_offset < offset {
+                let kept = self.batch_prefix(segment, header, batch, position, offset)?;
+                file.write_at(kept.bytes(), position)
+                    .map_err(|e| Error::io(&temp, e))?;
+            }
+        }
+        file.sync_data().map_err(|e| Error::io(&temp, e))?;
+        drop(file);
+        inner
+            .storage
+            .rename(&temp, &path)
+            .map_err(|e| Error::io(&path, e))?;
+        self.sync_dir()?;
+        let len = inner
+            .storage
+            .open(&path, false)
+            .and_then(|f| f.len())
+            .map_err(|e| Error::io(&path, e))?;
+        scan_segment(
+            &*inner.storage,
+            &inner.dir,
+            &inner.config,
+            segment.base_offset(),
+            len,
+            len,
+            true,
+            segment.base_offset(),
+            &mut RecoveryReport::default(),
+        )
+    }
+
+    /// The records of a batch below `offset`, as a batch with the same base
+    /// offset, offsets, timestamps and producer.
+    fn batch_prefix(
+        &self,
+        segment: &Segment,
+        header: BatchHeader,
+        batch: Bytes,
+        position: u64,
+        offset: u64,
+    ) -> Result<EncodedBatch> {
+        let mut records = Vec::new();
+        let mut deltas = Vec::new();
+        for record in Records::new(header, batch) {
+            let record =
+                record.map_err(|kind| Error::corrupt(segment.log_path(), position, kind))?;
+            if record.offset >= offset {
+                break;
+            }
+            deltas.push(record.offset - header.base_offset);
+            records.push(Record {
+                key: record.key,
+                value: record.value,
+                timestamp: Some(record.timestamp),
+                headers: record.headers,
+            });
+        }
+        let mut kept = EncodedBatch::encode_with_deltas(
+            &records,
+            |i| deltas[i],
+            header.first_timestamp,
+            u32::MAX,
+        )
+        .map_err(|_| {
+            Error::corrupt(
+                segment.log_path(),
+                position,
+                CorruptKind::Record("batch cannot be rewritten"),
+            )
+        })?;
+        kept.set_producer(ProducerStamp {
+            producer_id: header.producer_id,
+            producer_epoch: header.producer_epoch,
+            base_sequence: header.base_sequence,
+        });
+        kept.set_leader_epoch(header.leader_epoch);
+        kept.seal(header.base_offset);
+        Ok(kept)
+    }
+
+    fn remove_files(&self, segment: &Segment) -> Result<()> {
+        for path in segment.paths() {
+            match self.inner.storage.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        self.inner
+            .storage
+            .sync_dir(&self.inner.dir)
+            .map_err(|e| Error::io(&self.inner.dir, e))
+    }
+
+    /// Advances the log start offset to `offset` (Kafka's DeleteRecords):
+    /// records below it can no longer be read, and segments that hold only
+    /// such records are deleted. Durable when this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OffsetOutOfRange`] when `offset` is above `end_offset()`.
+    pub fn delete_records_before(&self, offset: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let active = inner.writer.lock();
+        self.check_writable()?;
+        let end = self.end_offset();
+        if offset > end {
+            return Err(Error::OffsetOutOfRange {
+                requested: offset,
+                start: self.start_offset(),
+                end,
+            });
+        }
+        if offset <= self.start_offset() {
+            return Ok(());
+        }
+        {
+            let mut checkpoint = inner.checkpoint.lock();
+            let state = State {
+                log_start_offset: offset,
+                ..checkpoint.state()
+            };
+            checkpoint.write(state, true).map_err(|e| self.poison(e))?;
+        }
+        inner.start_offset.store(offset, Ordering::Release);
+        self.delete_old_segments(&active, now_ms(), false)?;
+        Ok(())
+    }
+
+    /// Deletes old segments by the retention limits (and those wholly below
+    /// the start offset); returns how many were deleted. The active segment
+    /// is never deleted.
+    pub(crate) fn enforce_retention_at(&self, now_ms: i64) -> Result<usize> {
+        let active = self.inner.writer.lock();
+        self.check_writable()?;
+        self.delete_old_segments(&active, now_ms, true)
+    }
+
+    fn delete_old_segments(
+        &self,
+        active: &Arc<Segment>,
+        now_ms: i64,
+        apply_limits: bool,
+    ) -> Result<usize> {
+        let inner = &*self.inner;
+        let segments = self.snapshot();
+        debug_assert!(Arc::ptr_eq(segments.last().expect("a segment"), active));
+        let closed = segments.len() - 1;
+        let start = self.start_offset();
+        let mut delete = 0;
+        while delete < closed && segments[delete + 1].base_offset() <= start {
+            delete += 1;
+        }
+        if apply_limits {
+            if let Some(age) = inner.config.retention_age {
+                let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+                let cutoff = now_ms.saturating_sub(age_ms);
+                while delete < closed && segments[delete].max_timestamp() < cutoff {
+                    delete += 1;
+                }
+            }
+            if let Some(limit) = inner.config.retention_bytes {
+                let total: u64 = segments[delete..].iter().map(|s| s.size()).sum();
+                let mut excess = total.saturating_sub(limit);
+                while delete < closed && excess >= segments[delete].size() {
+                    excess -= segments[delete].size();
+                    delete += 1;
+                }
+            }
+        }
+        if delete == 0 {
+            return Ok(0);
+        }
+        let remaining = segments[delete..].to_vec();
+        let new_start = remaining[0].base_offset().max(start);
+        *inner.segments.write() = Arc::new(remaining);
+        inner.start_offset.store(new_start, Ordering::Release);
+        for segment in &segments[..delete] {
+            self.remove_files(segment).map_err(|e| self.poison(e))?;
+        }
+        self.sync_dir().map_err(|e| self.poison(e))?;
+        let mut checkpoint = inner.checkpoint.lock();
+        let state = State {
+            log_start_offset: new_start,
+            ..checkpoint.state()
+        };
+        checkpoint.write(state, false).map_err(|e| self.poison(e))?;
+        Ok(delete)
+    }
+
+    /// Syncs and seals the active segment and marks the shutdown clean, so
+    /// the next open reads no segment data. Further calls are no-ops.
+    pub(crate) fn close(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let _sync = inner.sync_lock.lock();
+        let active = inner.writer.lock();
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.notify_all_closed();
+        if inner.poisoned.load(Ordering::Acquire) {
+            // Nothing is marked clean: the next open validates what is there.
+            return Err(Error::Poisoned {
+                partition: inner.id,
+            });
+        }
+        active.seal()?;
+        inner
+            .durable_offset
+            .fetch_max(self.end_offset(), Ordering::AcqRel);
+        let state = State {
+            clean: true,
+            log_start_offset: self.start_offset(),
+            segment: active.base_offset(),
+            position: active.size(),
+            next_offset: active.next_offset(),
+        };
+        inner.checkpoint.lock().write(state, true)
+    }
+
+    fn notify_all_closed(&self) {
+        let _guard = self.inner.tail_lock.lock();
+        self.inner.tail.notify_all();
+    }
+
+    #[cfg(test)]
+    #[allow(dead_code, reason = "for tests that inspect files")]
+    pub(crate) fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    #[cfg(test)]
+    #[allow(dead_code, reason = "for fault-injection tests")]
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+}
+
+/// Opens one segment at startup by the recovery table.
+#[allow(clippy::too_many_arguments)]
+fn open_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    config: &Config,
+    base: u64,
+    is_last: bool,
+    next_base: Option<u64>,
+    previous_next: Option<u64>,
+    point: Option<RecoveryPoint>,
+    state: Option<State>,
+    report: &mut RecoveryReport,
+) -> Result<Segment> {
+    let SegmentFiles {
+        log,
+        log_path,
+        index,
+        time_index,
+    } = Segment::open_files(storage, dir, base, config)?;
+    let file_len = log.len().map_err(|e| Error::io(&log_path, e))?;
+    let min_offset = previous_next.unwrap_or(base).max(base);
+    let plan = recovery::plan_segment(base, is_last, file_len, point);
+    let (size, next_offset) = match plan {
+        SegmentPlan::TrustClean => {
+            report.clean = true;
+            (
+                file_len,
+                state.expect("a clean plan has a checkpoint").next_offset,
+            )
+        }
+        SegmentPlan::TrustSynced => (file_len, next_base.unwrap_or(base).max(base)),
+        SegmentPlan::Scan {
+            synced_position,
+            is_last,
+        } => {
+            if !recovery::synced_bytes_present(file_len, synced_position) {
+                return Err(Error::corrupt(
+                    &log_path,
+                    file_len,
+                    CorruptKind::Truncated {
+                        needed: synced_position,
+                        available: file_len,
+                    },
+                ));
+            }
+            drop((log, index, time_index));
+            return scan_segment(
+                storage,
+                dir,
+                config,
+                base,
+                file_len,
+                synced_position,
+                is_last,
+                min_offset,
+                report,
+            );
+        }
+    };
+    if let (Some(index), Some(time_index)) = (index, time_index)
+        && indexes_check_out(&index, &time_index, base, size, next_offset)
+    {
+        return Segment::from_parts(
+            log_path,
+            log,
+            base,
+            size,
+            next_offset,
+            index,
+            time_index,
+            config,
+        );
+    }
+    // Row 3: a trusted segment whose indexes do not check out is scanned
+    // like synced data.
+    report.indexes_rebuilt += 1;
+    scan_segment(
+        storage, dir, config, base, file_len, file_len, is_last, min_offset, report,
+    )
+}
+
+/// Reads every batch of a segment, rebuilding its indexes, and applies rows
+/// 5 and 6 of the recovery table to the first invalid batch.
+#[allow(clippy::too_many_arguments)]
+fn scan_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    config: &Config,
+    base: u64,
+    file_len: u64,
+    synced_position: u64,
+    is_last: bool,
+    min_offset: u64,
+    report: &mut RecoveryReport,
+) -> Result<Segment> {
+    report.segments_scanned += 1;
+    let SegmentFiles { log, log_path, .. } = Segment::open_files(storage, dir, base, config)?;
+    let (index, time_index): (Index<OffsetEntry>, Index<TimeEntry>) =
+        Segment::create_indexes(storage, dir, base, config)?;
+    let segment = Segment::from_parts(
+        log_path.clone(),
+        log.clone(),
+        base,
+        0,
+        base,
+        index,
+        time_index,
+        config,
+    )?;
+    let mut position = 0;
+    let mut expected = min_offset;
+    while position < file_len {
+        let checked = segment
+            .read_batch_within(position, file_len)
+            .and_then(|(header, _)| {
+                if header.base_offset < expected {
+                    Err(Error::corrupt(
+                        &log_path,
+                        position,
+                        CorruptKind::OffsetOrder {
+                            expected_at_least: expected,
+                            found: header.base_offset,
+                        },
+                    ))
+                } else if !segment.offsets_fit(header.last_offset()) {
+                    Err(Error::corrupt(
+                        &log_path,
+                        position,
+                        CorruptKind::Record("offset too far from the segment base"),
+                    ))
+                } else {
+                    Ok(header)
+                }
+            });
+        match checked {
+            Ok(header) => {
+                segment.append_meta(BatchMeta { header, position }, config.index_interval_bytes)?;
+                position += u64::from(header.batch_length);
+                expected = header.next_offset();
+            }
+            Err(error @ Error::Corrupt { .. }) => {
+                match recovery::invalid_batch(is_last, position, synced_position) {
+                    BatchDecision::Fail => return Err(error),
+                    BatchDecision::TruncateTail => {
+                        log.set_len(position).map_err(|e| Error::io(&log_path, e))?;
+                        log.sync_data().map_err(|e| Error::io(&log_path, e))?;
+                        report.truncated_bytes += file_len - position;
+                        break;
+                    }
+                }
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    if !is_last {
+        segment.seal()?;
+    }
+    Ok(segment)
+}
+
+/// Rows 2 and 3: an index checks out when its entries increase, point
+/// inside the segment and stay within its offsets; a non-empty segment must
+/// have both indexes non-empty (the first batch is always indexed and a
+/// sealed segment always has a time entry).
+fn indexes_check_out(
+    index: &Index<OffsetEntry>,
+    time_index: &Index<TimeEntry>,
+    base: u64,
+    size: u64,
+    next_offset: u64,
+) -> bool {
+    let span = next_offset.saturating_sub(base);
+    if size > 0 && (index.len() == 0 || time_index.len() == 0) {
+        return false;
+    }
+    let mut previous: Option<OffsetEntry> = None;
+    for i in 0..index.len() {
+        let Ok(entry) = index.get(i) else {
+            return false;
+        };
+        let increasing = previous.is_none_or(|p| {
+            entry.relative_offset > p.relative_offset && entry.position > p.position
+        });
+        let first_at_zero = previous.is_some() || entry.position == 0;
+        if !increasing
+            || !first_at_zero
+            || u64::from(entry.position) >= size
+            || u64::from(entry.relative_offset) >= span
+        {
+            return false;
+        }
+        previous = Some(entry);
+    }
+    let mut previous: Option<TimeEntry> = None;
+    for i in 0..time_index.len() {
+        let Ok(entry) = time_index.get(i) else {
+            return false;
+        };
+        let increasing = previous.is_none_or(|p| {
+            entry.timestamp > p.timestamp && entry.relative_offset >= p.relative_offset
+        });
+        if !increasing || u64::from(entry.relative_offset) >= span {
+            return false;
+        }
+        previous = Some(entry);
+    }
+    true
+}
+
+/// Walks batches across segments, following rolls, truncations and
+/// retention.
+struct BatchCursor {
+    partition: Partition,
+    segment: Arc<Segment>,
+    position: u64,
+    /// The next offset the reader wants.
+    next_offset: u64,
+    truncations: u64,
+}
+
+impl BatchCursor {
+    fn seek(partition: &Partition, offset: u64) -> Result<BatchCursor> {
+        let inner = &*partition.inner;
+        let truncations = inner.truncations.load(Ordering::Acquire);
+        let start = partition.start_offset();
+        let end = partition.end_offset();
+        if offset < start || offset > end {
+            return Err(Error::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        let segments = partition.snapshot();
+        let index = segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1);
+        let segment = segments[index].clone();
+        let position = segment.position_of(offset)?;
+        Ok(BatchCursor {
+            partition: partition.clone(),
+            segment,
+            position,
+            next_offset: offset,
+            truncations,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.segment.log_path()
+    }
+
+    /// The next batch holding offsets at or after the wanted one, with its
+    /// position; `None` at the end offset.
+    fn next_batch(&mut self) -> Result<Option<(BatchHeader, Bytes, u64)>> {
+        loop {
+            let inner = &*self.partition.inner;
+            if inner.truncations.load(Ordering::Acquire) != self.truncations {
+                *self = BatchCursor::seek(&self.partition, self.next_offset)?;
+            }
+            if self.next_offset >= self.partition.end_offset() {
+                return Ok(None);
+            }
+            if self.position < self.segment.size() {
+                let position = self.position;
+                let (header, batch) = self.segment.read_batch(position)?;
+                self.position += u64::from(header.batch_length);
+                if header.last_offset() < self.next_offset {
+                    continue;
+                }
+                self.next_offset = header.next_offset();
+                return Ok(Some((header, batch, position)));
+            }
+            let segments = self.partition.snapshot();
+            let base = self.segment.base_offset();
+            match segments.iter().find(|s| s.base_offset() > base) {
+                Some(next) => {
+                    self.segment = next.clone();
+                    self.position = next.position_of(self.next_offset)?;
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Iterator over a partition's records; see [`Partition::reader`].
+///
+/// Each item is a record or an error; after an error the iterator ends.
+pub struct Reader {
+    partition: Partition,
+    next_offset: u64,
+    cursor: Option<BatchCursor>,
+    records: Option<(Records, u64)>,
+    failed: bool,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("partition", &self.partition.id())
+            .field("next_offset", &self.next_offset)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reader {
+    /// The offset of the next record this reader returns.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    fn fail(&mut self, error: Error) -> Option<Result<StoredRecord>> {
+        self.failed = true;
+        Some(Err(error))
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Result<StoredRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if let Err(e) = self.partition.check_open() {
+            return self.fail(e);
+        }
+        loop {
+            if let Some((records, position)) = &mut self.records {
+                match records.next() {
+                    Some(Ok(record)) if record.offset < self.next_offset => continue,
+                    Some(Ok(record)) => {
+                        self.next_offset = record.offset + 1;
+                        return Some(Ok(record));
+                    }
+                    Some(Err(kind)) => {
+                        let position = *position;
+                        let path = self
+                            .cursor
+                            .as_ref()
+                            .map_or_else(PathBuf::new, |c| c.path().to_path_buf());
+                        return self.fail(Error::corrupt(path, position, kind));
+                    }
+                    None => self.records = None,
+                }
+            }
+            if self.cursor.is_none() {
+                match BatchCursor::seek(&self.partition, self.next_offset) {
+                    Ok(cursor) => self.cursor = Some(cursor),
+                    Err(e) => return self.fail(e),
+                }
+            }
+            let cursor = self.cursor.as_mut().expect("set above");
+            match cursor.next_batch() {
+                Ok(Some((header, batch, position))) => {
+                    // A batch's first wanted offset may lie in a gap after
+                    // compaction or truncation: skip to it.
+                    self.records = Some((Records::new(header, batch), position));
+                }
+                Ok(None) => {
+                    // Come back from the same place next time.
+                    if cursor.next_offset < self.next_offset {
+                        cursor.next_offset = self.next_offset;
+                    }
+                    return None;
+                }
+                Err(e) => return self.fail(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! The batch format, version 1 (see `FORMAT.md`).
+//!
+//! ```text
+//! batch   := header records
+//! header  := crc:u32 batch_length:u32 magic:u8 reserved:u8 attributes:u16
+//!            leader_epoch:i32 base_offset:u64 last_offset_delta:u32
+//!            record_count:u32 first_timestamp:i64 max_timestamp:i64
+//!            producer_id:i64 base_sequence:i32 producer_epoch:i16
+//!            reserved:u16                              (64 bytes, little-endian)
+//! records := record{record_count}                      (compressed as one block
+//!                                                       when attributes name a codec)
+//! record  := length:uvarint timestamp_delta:varint offset_delta:uvarint
+//!            key_length:varint key value_length:varint value
+//!            header_count:uvarint (key_length:uvarint key value_length:varint value)*
+//! ```
+//!
+//! `crc` is CRC-32 (IEEE) of every byte after it. Signed varints are zigzag
+//! encoded; a length of -1 is a null key or value.
+
+use bytes::Bytes;
+
+use super::varint;
+use super::{Header, Record, StoredRecord};
+use crate::error::CorruptKind;
+
+/// The format version written by this build.
+pub(crate) const MAGIC: u8 = 1;
+
+pub(crate) const CRC_OFFSET: usize = 0;
+pub(crate) const LENGTH_OFFSET: usize = CRC_OFFSET + 4;
+pub(crate) const MAGIC_OFFSET: usize = LENGTH_OFFSET + 4;
+const RESERVED_A_OFFSET: usize = MAGIC_OFFSET + 1;
+const ATTRIBUTES_OFFSET: usize = RESERVED_A_OFFSET + 1;
+const LEADER_EPOCH_OFFSET: usize = ATTRIBUTES_OFFSET + 2;
+pub(crate) const BASE_OFFSET_OFFSET: usize = LEADER_EPOCH_OFFSET + 4;
+const LAST_OFFSET_DELTA_OFFSET: usize = BASE_OFFSET_OFFSET + 8;
+const RECORD_COUNT_OFFSET: usize = LAST_OFFSET_DELTA_OFFSET + 4;
+const FIRST_TIMESTAMP_OFFSET: usize = RECORD_COUNT_OFFSET + 4;
+const MAX_TIMESTAMP_OFFSET: usize = FIRST_TIMESTAMP_OFFSET + 8;
+const PRODUCER_ID_OFFSET: usize = MAX_TIMESTAMP_OFFSET + 8;
+const BASE_SEQUENCE_OFFSET: usize = PRODUCER_ID_OFFSET + 8;
+const PRODUCER_EPOCH_OFFSET: usize = BASE_SEQUENCE_OFFSET + 4;
+const RESERVED_B_OFFSET: usize = PRODUCER_EPOCH_OFFSET + 2;
+/// Size of the batch header in bytes.
+pub(crate) const HEADER_BYTES: usize = RESERVED_B_OFFSET + 2;
+
+const _: () = assert!(HEADER_BYTES == 64);
+const _: () =
+    assert!(BASE_OFFSET_OFFSET.is_multiple_of(8) && FIRST_TIMESTAMP_OFFSET.is_multiple_of(8));
+
+/// Bits 0..=2 of the attributes: the codec of the records block.
+pub(crate) const ATTR_CODEC_MASK: u16 = 0b111;
+/// Bit 3: timestamps are the log's append time, not the producer's.
+pub(crate) const ATTR_LOG_APPEND_TIME: u16 = 1 << 3;
+/// Attribute bits this version knows; others must be zero.
+const ATTR_KNOWN: u16 = ATTR_CODEC_MASK | ATTR_LOG_APPEND_TIME;
+
+/// "No producer", "no sequence", "no epoch", in the header fields that hold them.
+pub(crate) const NO_PRODUCER_ID: i64 = -1;
+pub(crate) const NO_SEQUENCE: i32 = -1;
+pub(crate) const NO_PRODUCER_EPOCH: i16 = -1;
+pub(crate) const NO_LEADER_EPOCH: i32 = -1;
+
+/// The fixed-size header of a batch, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchHeader {
+    pub crc: u32,
+    pub batch_length: u32,
+    pub magic: u8,
+    pub attributes: u16,
+    pub leader_epoch: i32,
+    pub base_offset: u64,
+    pub last_offset_delta: u32,
+    pub record_count: u32,
+    pub first_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub base_sequence: i32,
+    pub producer_epoch: i16,
+}
+
+fn u16_at(buf: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([buf[at], buf[at + 1]])
+}
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(buf: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl BatchHeader {
+    /// Decodes a header and checks what can be checked without the body:
+    /// the version, the reserved bits, the length's lower bound and
+    /// `max_batch_bytes`, and the record count against the offset span.
+    /// The checksum is checked by [`verify_batch`].
+    pub(crate) fn parse(buf: &[u8], max_batch_bytes: u32) -> Result<BatchHeader, CorruptKind> {
+        let Some(buf) = buf.get(..HEADER_BYTES) else {
+            return Err(CorruptKind::Truncated {
+                needed: HEADER_BYTES as u64,
+                available: buf.len() as u64,
+            });
+        };
+        let header = BatchHeader {
+            crc: u32_at(buf, CRC_OFFSET),
+            batch_length: u32_at(buf, LENGTH_OFFSET),
+            magic: buf[MAGIC_OFFSET],
+            attributes: u16_at(buf, ATTRIBUTES_OFFSET),
+            leader_epoch: u32_at(buf, LEADER_EPOCH_OFFSET) as i32,
+            base_offset: u64_at(buf, BASE_OFFSET_OFFSET),
+            last_offset_delta: u32_at(buf, LAST_OFFSET_DELTA_OFFSET),
+            record_count: u32_at(buf, RECORD_COUNT_OFFSET),
+            first_timestamp: u64_at(buf, FIRST_TIMESTAMP_OFFSET) as i64,
+            max_timestamp: u64_at(buf, MAX_TIMESTAMP_OFFSET) as i64,
+            producer_id: u64_at(buf, PRODUCER_ID_OFFSET) as i64,
+            base_sequence: u32_at(buf, BASE_SEQUENCE_OFFSET) as i32,
+            producer_epoch: u16_at(buf, PRODUCER_EPOCH_OFFSET) as i16,
+        };
+        let length = u64::from(header.batch_length);
+        if length < HEADER_BYTES as u64 || length > u64::from(max_batch_bytes) {
+            return Err(CorruptKind::Length { length });
+        }
+        if header.magic != MAGIC {
+            return Err(CorruptKind::Version(header.magic));
+        }
+        if buf[RESERVED_A_OFFSET] != 0
+            || u16_at(buf, RESERVED_B_OFFSET) != 0
+            || header.attributes & !ATTR_KNOWN != 0
+        {
+            return Err(CorruptKind::Record("reserved header bits are set"));
+        }
+        if header.attributes & ATTR_CODEC_MASK != 0 {
+            return Err(CorruptKind::Record("unsupported compression codec"));
+        }
+        if header.record_count == 0
+            || u64::from(header.record_count) > u64::from(header.last_offset_delta) + 1
+        {
+            return Err(CorruptKind::Record(
+                "record count does not fit the offset span",
+            ));
+        }
+        if header
+            .base_offset
+            .checked_add(u64::from(header.last_offset_delta))
+            .is_none()
+        {
+            return Err(CorruptKind::Record("last offset overflows"));
+        }
+        Ok(header)
+    }
+
+    /// Offset of the batch's last record.
+    pub(crate) fn last_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.last_offset_delta)
+    }
+
+    /// Offset that follows the batch.
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.last_offset() + 1
+    }
+}
+
+/// Checks a whole batch, header and checksum, given exactly its bytes.
+pub(crate) fn verify_batch(bytes: &[u8], max_batch_bytes: u32) -> Result<BatchHeader, CorruptKind> {
+    let header = BatchHeader::parse(bytes, max_batch_bytes)?;
+    if bytes.len() != header.batch_length as usize {
+        return Err(CorruptKind::Truncated {
+            needed: u64::from(header.batch_length),
+            available: bytes.len() as u64,
+        });
+    }
+    let computed = crc32fast::hash(&bytes[LENGTH_OFFSET..]);
+    if computed != header.crc {
+        return Err(CorruptKind::Checksum {
+            stored: header.crc,
+            computed,
+        });
+    }
+    Ok(header)
+}
+
+/// A batch encoded in memory, waiting for its base offset.
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedBatch {
+    buf: Vec<u8>,
+}
+
+/// Producer identity stamped on a batch (for idempotence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerStamp {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl EncodedBatch {
+    /// Encodes `records`; a record without a timestamp gets `now_ms`.
+    ///
+    /// Returns the encoded size as the error when it would exceed
+    /// `max_batch_bytes`, without encoding past that limit.
+    pub(crate) fn encode(
+        records: &[Record],
+        now_ms: i64,
+        max_batch_bytes: u32,
+    ) -> Result<EncodedBatch, u64> {
+        Self::encode_with_deltas(records, |i| i as u64, now_ms, max_batch_bytes)
+    }
+
+    /// As [`EncodedBatch::encode`], with the offset delta of each record
+    /// given (strictly increasing): a rewritten batch keeps its offsets.
+    pub(crate) fn encode_with_deltas(
+        records: &[Record],
+        delta: impl Fn(usize) -> u64,
+        now_ms: i64,
+        max_batch_bytes: u32,
+    ) -> Result<EncodedBatch, u64> {
+        assert!(!records.is_empty(), "callers refuse empty batches");
+        let first_timestamp = records[0].timestamp.unwrap_or(now_ms);
+        let mut max_timestamp = i64::MIN;
+        let size = HEADER_BYTES as u64
+            + records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let ts = r.timestamp.unwrap_or(now_ms);
+                    let body = body_len(r, ts.wrapping_sub(first_timestamp), delta(i));
+                    (varint::len_u64(body as u64) + body) as u64
+                })
+                .sum::<u64>();
+        if size > u64::from(max_batch_bytes) || records.len() > u32::MAX as usize {
+            return Err(size);
+        }
+        let mut buf = Vec::with_capacity(size as usize);
+        buf.resize(HEADER_BYTES, 0);
+        for (i, record) in records.iter().enumerate() {
+            let ts = record.timestamp.unwrap_or(now_ms);
+            max_timestamp = max_timestamp.max(ts);
+            let ts_delta = ts.wrapping_sub(first_timestamp);
+            varint::put_u64(&mut buf, body_len(record, ts_delta, delta(i)) as u64);
+            varint::put_i64(&mut buf, ts_delta);
+            varint::put_u64(&mut buf, delta(i));
+            put_bytes(&mut buf, record.key.as_deref());
+            put_bytes(&mut buf, record.value.as_deref());
+            varint::put_u64(&mut buf, record.headers.len() as u64);
+            for header in &record.headers {
+                varint::put_u64(&mut buf, header.key.len() as u64);
+                buf.extend_from_slice(header.key.as_bytes());
+                put_bytes(&mut buf, header.value.as_deref());
+            }
+        }
+        debug_assert_eq!(buf.len() as u64, size);
+        let count = u32::try_from(records.len()).expect("checked above");
+        let last_delta = u32::try_from(delta(records.len() - 1)).map_err(|_| size)?;
+        let length = u32::try_from(buf.len()).expect("bounded by max_batch_bytes");
+        buf[LENGTH_OFFSET..LENGTH_OFFSET + 4].copy_from_slice(&length.to_le_bytes());
+        buf[MAGIC_OFFSET] = MAGIC;
+        buf[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4]
+            .copy_from_slice(&NO_LEADER_EPOCH.to_le_bytes());
+        buf[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4]
+            .copy_from_slice(&last_delta.to_le_bytes());
+        buf[RECORD_COUNT_OFFSET..RECORD_COUNT_OFFSET + 4].copy_from_slice(&count.to_le_bytes());
+        buf[FIRST_TIMESTAMP_OFFSET..FIRST_TIMESTAMP_OFFSET + 8]
+            .copy_from_slice(&first_timestamp.to_le_bytes());
+        buf[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]
+            .copy_from_slice(&max_timestamp.to_le_bytes());
+        let mut batch = EncodedBatch { buf };
+        batch.set_producer(ProducerStamp {
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            base_sequence: NO_SEQUENCE,
+        });
+        Ok(batch)
+    }
+
+    /// Stamps the producer fields.
+    pub(crate) fn set_producer(&mut self, stamp: ProducerStamp) {
+        let buf = &mut self.buf;
+        buf[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8]
+            .copy_from_slice(&stamp.producer_id.to_le_bytes());
+        buf[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4]
+            .copy_from_slice(&stamp.base_sequence.to_le_bytes());
+        buf[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2]
+            .copy_from_slice(&stamp.producer_epoch.to_le_bytes());
+    }
+
+    /// Stamps the leader epoch.
+    pub(crate) fn set_leader_epoch(&mut self, epoch: i32) {
+        self.buf[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4]
+            .copy_from_slice(&epoch.to_le_bytes());
+    }
+
+    /// Gives the batch its base offset and seals it with its checksum.
+    pub(crate) fn seal(&mut self, base_offset: u64) -> &[u8] {
+        self.buf[BASE_OFFSET_OFFSET..BASE_OFFSET_OFFSET + 8]
+            .copy_from_slice(&base_offset.to_le_bytes());
+        let crc = crc32fast::hash(&self.buf[LENGTH_OFFSET..]);
+        self.buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        &self.buf
+    }
+
+    /// The decoded header (valid once sealed; the base offset is 0 before).
+    pub(crate) fn header(&self) -> BatchHeader {
+        BatchHeader::parse(&self.buf, u32::MAX).expect("an encoded batch has a valid header")
+    }
+
+    /// Size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The encoded bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+fn bytes_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => varint::len_i64(-1),
+        Some(b) => varint::len_i64(b.len() as i64) + b.len(),
+    }
+}
+
+fn put_bytes(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => varint::put_i64(buf, -1),
+        Some(b) => {
+            varint::put_i64(buf, b.len() as i64);
+            buf.extend_from_slice(b);
+        }
+    }
+}
+
+fn body_len(record: &Record, ts_delta: i64, offset_delta: u64) -> usize {
+    varint::len_i64(ts_delta)
+        + varint::len_u64(offset_delta)
+        + bytes_len(record.key.as_deref())
+        + bytes_len(record.value.as_deref())
+        + varint::len_u64(record.headers.len() as u64)
+        + record
+            .headers
+            .iter()
+            .map(|h| {
+                varint::len_u64(h.key.len() as u64) + h.key.len() + bytes_len(h.value.as_deref())
+            })
+            .sum::<usize>()
+}
+
+/// Iterates over the records of a verified batch. Every length is checked
+/// against the bytes that remain; a malformed record ends the iteration
+/// with an error.
+pub(crate) struct Records {
+    header: BatchHeader,
+    /// The whole batch; records are sliced out of it without copying.
+    batch: Bytes,
+    position: usize,
+    remaining: u32,
+    previous_delta: Option<u64>,
+}
+
+impl Records {
+    /// `batch` must be exactly one batch that passed [`verify_batch`].
+    pub(crate) fn new(header: BatchHeader, batch: Bytes) -> Records {
+        debug_assert_eq!(batch.len(), header.batch_length as usize);
+        Records {
+            header,
+            batch,
+            position: HEADER_BYTES,
+            remaining: header.record_count,
+            previous_delta: None,
+        }
+    }
+
+    fn decode_one(&mut self) -> Result<StoredRecord, CorruptKind> {
+        let bad = CorruptKind::Record;
+        let buf = &self.batch[..];
+        let (length, n) = varint::get_u64(&buf[self.position..]).ok_or(bad("record length"))?;
+        let start = self.position + n;
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|len| start.checked_add(len))
+            .filter(|&end| end <= buf.len())
+            .ok_or(bad("record length past the batch"))?;
+        let mut cursor = Cursor {
+            buf: &buf[..end],
+            at: start,
+        };
+        let ts_delta = cursor.i64().ok_or(bad("timestamp delta"))?;
+        let offset_delta = cursor.u64().ok_or(bad("offset delta"))?;
+        if offset_delta > u64::from(self.header.last_offset_delta)
+            || self.previous_delta.is_some_and(|p| offset_delta <= p)
+        {
+            return Err(bad("offset delta out of order"));
+        }
+        let key = cursor.bytes(&self.batch).ok_or(bad("key"))?;
+        let value = cursor.bytes(&self.batch).ok_or(bad("value"))?;
+        let header_count = cursor.u64().ok_or(bad("header count"))?;
+        // Every header takes at least two bytes, which bounds the allocation.
+        if header_count > (end - cursor.at) as u64 / 2 {
+            return Err(bad("header count"));
+        }
+        let mut headers = Vec::with_capacity(header_count as usize);
+        for _ in 0..header_count {
+            let key_len = cursor.u64().ok_or(bad("header key"))?;
+            let key = cursor.take(key_len).ok_or(bad("header key"))?;
+            let key = std::str::from_utf8(key)
+                .map_err(|_| bad("header key is not UTF-8"))?
+                .to_owned();
+            let value = cursor.bytes(&self.batch).ok_or(bad("header value"))?;
+            headers.push(Header { key, value });
+        }
+        if cursor.at != end {
+            return Err(bad("record length does not match its fields"));
+        }
+        self.position = end;
+        self.previous_delta = Some(offset_delta);
+        Ok(StoredRecord {
+            offset: self.header.base_offset + offset_delta,
+            timestamp: self.header.first_timestamp.wrapping_add(ts_delta),
+            key,
+            value,
+            headers,
+        })
+    }
+}
+
+impl Iterator for Records {
+    type Item = Result<StoredRecord, CorruptKind>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            if self.position != self.batch.len() {
+                self.position = self.batch.len();
+                return Some(Err(CorruptKind::Record("bytes after the last record")));
+            }
+            return None;
+        }
+        self.remaining -= 1;
+        let result = self.decode_one();
+        if result.is_err() {
+            self.remaining = 0;
+            self.position = self.batch.len();
+        }
+        Some(result)
+    }
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn u64(&mut self) -> Option<u64> {
+        let (v, n) = varint::get_u64(&self.buf[self.at..])?;
+        self.at += n;
+        Some(v)
+    }
+
+    fn i64(&mut self) -> Option<i64> {
+        let (v, n) = varint::get_i64(&self.buf[self.at..])?;
+        self.at += n;
+        Some(v)
+    }
+
+    fn take(&mut self, len: u64) -> Option<&[u8]> {
+        let len = usize::try_from(len).ok()?;
+        let end = self
+            .at
+            .checked_add(len)
+            .filter(|&end| end <= self.buf.len())?;
+        let slice = &self.buf[self.at..end];
+        self.at = end;
+        Some(slice)
+    }
+
+    /// A nullable byte string, sliced out of `owner` (which `buf` is a
+    /// prefix of) without copying.
+    fn bytes(&mut self, owner: &Bytes) -> Option<Option<Bytes>> {
+        let len = self.i64()?;
+        if len == -1 {
+            return Some(None);
+        }
+        let len = u64::try_from(len).ok()?;
+        let start = self.at;
+        self.take(len)?;
+        Some(Some(owner.slice(start..self.at)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Record> {
+        vec![
+            Record::new("v0").with_key("k0").with_timestamp(1_000),
+            Record::tombstone("k1").with_timestamp(990),
+            Record {
+                key: None,
+                value: Some(Bytes::new()),
+                timestamp: Some(1_500),
+                headers: vec![
+                    Header {
+                        key: "h".into(),
+                        value: Some(Bytes::from_static(b"x")),
+                    },
+                    Header {
+                        key: String::new(),
+                        value: None,
+                    },
+                ],
+            },
+        ]
+    }
+
+    #[test]
+    fn encode_then_decode_round_trips() {
+        let records = sample();
+        let mut batch = EncodedBatch::encode(&records, 7, 1 << 20).unwrap();
+        let bytes = Bytes::copy_from_slice(batch.seal(42));
+        let header = verify_batch(&bytes, 1 << 20).unwrap();
+        assert_eq!(header.base_offset, 42);
+        assert_eq!(header.last_offset(), 44);
+        assert_eq!(header.record_count, 3);
+        assert_eq!(header.first_timestamp, 1_000);
+        assert_eq!(header.max_timestamp, 1_500);
+        assert_eq!(header.producer_id, NO_PRODUCER_ID);
+        let decoded: Vec<_> = Records::new(header, bytes)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(decoded.len(), 3);
+        for (i, (d, r)) in decoded.iter().zip(&records).enumerate() {
+            assert_eq!(d.offset, 42 + i as u64);
+            assert_eq!(d.timestamp, r.timestamp.unwrap());
+            assert_eq!(d.key, r.key);
+            assert_eq!(d.value, r.value);
+            assert_eq!(d.headers, r.headers);
+        }
+    }
+
+    #[test]
+    fn missing_timestamps_take_the_append_time() {
+        let mut batch = EncodedBatch::encode(&[Record::new("a")], 123, 1 << 20).unwrap();
+        let bytes = Bytes::copy_from_slice(batch.seal(0));
+        let header = verify_batch(&bytes, 1 << 20).unwrap();
+        let r = Records::new(header, bytes).next().unwrap().unwrap();
+        assert_eq!(r.timestamp, 123);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let mut batch = EncodedBatch::encode(&sample(), 0, 1 << 20).unwrap();
+        let good = batch.seal(5).to_vec();
+        for byte in 0..good.len() {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[byte] ^= 1 << bit;
+                assert!(
+                    verify_batch(&bad, 1 << 20).is_err(),
+                    "flip at {byte}:{bit} passed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn too_large_is_refused_with_its_size() {
+        let big = Record::new(vec![0u8; 1000]);
+        let err = EncodedBatch::encode(&[big], 0, 500).unwrap_err();
+        assert!(err > 1000);
+    }
+
+    #[test]
+    fn every_truncation_is_caught() {
+        let mut batch = EncodedBatch::encode(&sample(), 0, 1 << 20).unwrap();
+        let good = batch.seal(5).to_vec();
+        for len in 0..good.len() {
+            assert!(verify_batch(&good[..len], 1 << 20).is_err());
+        }
+    }
+
+    #[test]
+    fn hostile_record_lengths_do_not_panic() {
+        // A header that checks out around records whose lengths lie.
+        let mut body = Vec::new();
+        varint::put_u64(&mut body, u64::MAX);
+        let mut buf = vec![0u8; HEADER_BYTES];
+        buf.extend_from_slice(&body);
+        let len = buf.len() as u32;
+        buf[LENGTH_OFFSET..LENGTH_OFFSET + 4].copy_from_slice(&len.to_le_bytes());
+        buf[MAGIC_OFFSET] = MAGIC;
+        buf[RECORD_COUNT_OFFSET..RECORD_COUNT_OFFSET + 4].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&buf[LENGTH_OFFSET..]);
+        buf[..4].copy_from_slice(&crc.to_le_bytes());
+        let bytes = Bytes::from(buf);
+        let header = verify_batch(&bytes, 1 << 20).unwrap();
+        let mut records = Records::new(header, bytes);
+        assert!(records.next().unwrap().is_err());
+        assert!(records.next().is_none());
+    }
+}

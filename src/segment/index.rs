@@ -1,0 +1,222 @@
+//! Sparse indexes of a segment: fixed-size entries appended in key order,
+//! looked up by binary search.
+//!
+//! An index file is preallocated to its maximum size while its segment is
+//! active (so appending an entry never changes the file's length) and is
+//! trimmed to its entries when the segment rolls or the log closes. Indexes
+//! are derived data: the log rebuilds one from its segment whenever it is
+//! missing or does not check out.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::storage::{Storage, StorageFile, read_exact_at};
+
+/// One entry kind of an index file.
+pub(crate) trait Entry: Copy + std::fmt::Debug {
+    /// Size of an encoded entry in bytes.
+    const BYTES: usize;
+    fn encode(&self) -> Vec<u8>;
+    fn decode(bytes: &[u8]) -> Self;
+}
+
+/// Offset index entry: the batch that starts at `relative_offset` (from the
+/// segment's base offset) begins at byte `position` of the log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OffsetEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+impl Entry for OffsetEntry {
+    const BYTES: usize = 8;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::BYTES);
+        out.extend_from_slice(&self.relative_offset.to_le_bytes());
+        out.extend_from_slice(&self.position.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Self {
+        OffsetEntry {
+            relative_offset: u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")),
+            position: u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")),
+        }
+    }
+}
+
+/// Time index entry: every record before the batch at `relative_offset`,
+/// and that batch, have timestamps at most `timestamp`, and that batch holds
+/// a record with exactly `timestamp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeEntry {
+    pub timestamp: i64,
+    pub relative_offset: u32,
+}
+
+impl Entry for TimeEntry {
+    const BYTES: usize = 12;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::BYTES);
+        out.extend_from_slice(&self.timestamp.to_le_bytes());
+        out.extend_from_slice(&self.relative_offset.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Self {
+        TimeEntry {
+            timestamp: i64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")),
+            relative_offset: u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
+        }
+    }
+}
+
+/// An index file. Entries are appended by the partition's single writer and
+/// read by any thread; `len` is published after the entry's bytes.
+#[derive(Debug)]
+pub(crate) struct Index<E: Entry> {
+    path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    view: Option<Bytes>,
+    len: AtomicU64,
+    max_entries: u64,
+    _entry: std::marker::PhantomData<E>,
+}
+
+impl<E: Entry> Index<E> {
+    /// Creates (or empties) the index file and preallocates it to
+    /// `max_bytes`, rounded down to whole entries.
+    pub(crate) fn create(storage: &dyn Storage, path: &Path, max_bytes: u64) -> io::Result<Self> {
+        let file = storage.open(path, true)?;
+        let max_entries = max_bytes / E::BYTES as u64;
+        file.set_len(0)?;
+        file.set_len(max_entries * E::BYTES as u64)?;
+        Self::with_file(path, file, 0, max_entries)
+    }
+
+    /// Opens an existing index whose entries fill the whole file; refuses a
+    /// length that is not a whole number of entries.
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        path: &Path,
+        max_bytes: u64,
+    ) -> io::Result<Option<Self>> {
+        let file = storage.open(path, false)?;
+        let bytes = file.len()?;
+        if bytes % E::BYTES as u64 != 0 {
+            return Ok(None);
+        }
+        let len = bytes / E::BYTES as u64;
+        let max_entries = (max_bytes / E::BYTES as u64).max(len);
+        Ok(Some(Self::with_file(path, file, len, max_entries)?))
+    }
+
+    fn with_file(
+        path: &Path,
+        file: Arc<dyn StorageFile>,
+        len: u64,
+        max_entries: u64,
+    ) -> io::Result<Self> {
+        let view = file.map(max_entries * E::BYTES as u64)?;
+        Ok(Index {
+            path: path.to_path_buf(),
+            file,
+            view,
+            len: AtomicU64::new(len),
+            max_entries,
+            _entry: std::marker::PhantomData,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.len() >= self.max_entries
+    }
+
+    /// Entries that can still be appended.
+    pub(crate) fn free(&self) -> u64 {
+        self.max_entries.saturating_sub(self.len())
+    }
+
+    /// Appends an entry. The caller keeps keys increasing and checks
+    /// `is_full` first.
+    pub(crate) fn push(&self, entry: E) -> io::Result<()> {
+        let len = self.len.load(Ordering::Relaxed);
+        assert!(
+            len < self.max_entries,
+            "index {} is full",
+            self.path.display()
+        );
+        if len >= self.max_entries {
+            return Err(io::Error::other("index is full"));
+        }
+        // A reopened index file may be shorter than its maximum: growing it
+        // is covered by the mapping made for `max_entries`.
+        self.file.write_at(&entry.encode(), len * E::BYTES as u64)?;
+        self.len.store(len + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Entry number `i`, which must be below `len()`.
+    pub(crate) fn get(&self, i: u64) -> io::Result<E> {
+        debug_assert!(i < self.len());
+        let at = (i * E::BYTES as u64) as usize;
+        if let Some(view) = &self.view
+            && at + E::BYTES <= view.len()
+        {
+            return Ok(E::decode(&view[at..at + E::BYTES]));
+        }
+        let mut buf = vec![0u8; E::BYTES];
+        read_exact_at(&*self.file, &mut buf, at as u64)?;
+        Ok(E::decode(&buf))
+    }
+
+    /// The last entry, if any.
+    pub(crate) fn last(&self) -> io::Result<Option<E>> {
+        match self.len() {
+            0 => Ok(None),
+            n => self.get(n - 1).map(Some),
+        }
+    }
+
+    /// The last entry whose key is at most `target`, by binary search over
+    /// entries whose keys never decrease.
+    pub(crate) fn floor<K: Ord>(&self, target: K, key: impl Fn(&E) -> K) -> io::Result<Option<E>> {
+        let (mut lo, mut hi) = (0u64, self.len());
+        let mut found = None;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let entry = self.get(mid)?;
+            if key(&entry) <= target {
+                found = Some(entry);
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Shrinks the file to its entries (on roll and close).
+    pub(crate) fn trim(&self) -> io::Result<()> {
+        self.file.set_len(self.len() * E::BYTES as u64)
+    }
+
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}

@@ -1,0 +1,513 @@
+//! A segment: one log file of batches, `<base offset, 20 digits>.log`, with
+//! its sparse offset index (`.index`) and time index (`.timeindex`).
+//!
+//! Only the partition's writer appends, and only at the end; readers read
+//! below the published `size` without any lock.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+mod index;
+
+pub(crate) use index::{Index, OffsetEntry, TimeEntry};
+
+use crate::config::Config;
+use crate::error::{CorruptKind, Error, Result};
+use crate::record::batch::{self, BatchHeader, HEADER_BYTES};
+use crate::storage::{Storage, StorageFile, read_exact_at};
+
+/// File name suffixes.
+pub(crate) const LOG_SUFFIX: &str = ".log";
+pub(crate) const INDEX_SUFFIX: &str = ".index";
+pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
+
+/// Twenty digits hold any `u64`.
+pub(crate) fn file_name(base_offset: u64, suffix: &str) -> String {
+    format!("{base_offset:020}{suffix}")
+}
+
+/// Parses `<20 digits><suffix>` back into a base offset.
+pub(crate) fn parse_file_name(name: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_suffix(suffix)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Batches already on disk are bounded by their segment's size, not by the
+/// current `max_batch_bytes`, which may have been lowered since they were
+/// written.
+const STORED_BATCH_BYTES_MAX: u32 = u32::MAX;
+
+/// What the writer learns from appending one batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchMeta {
+    pub header: BatchHeader,
+    pub position: u64,
+}
+
+/// The files of a segment, as found on disk.
+pub(crate) struct SegmentFiles {
+    pub log: Arc<dyn StorageFile>,
+    pub log_path: PathBuf,
+    /// `None` when missing or not a whole number of entries.
+    pub index: Option<Index<OffsetEntry>>,
+    /// `None` when missing or not a whole number of entries.
+    pub time_index: Option<Index<TimeEntry>>,
+}
+
+/// One segment of a partition.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    base_offset: u64,
+    log_path: PathBuf,
+    log: Arc<dyn StorageFile>,
+    view: Option<Bytes>,
+    /// Bytes of valid batches; readers read below it.
+    size: AtomicU64,
+    /// Offset after the last batch (the base offset while empty).
+    next_offset: AtomicU64,
+    /// Largest timestamp of any record; `i64::MIN` while empty.
+    max_timestamp: AtomicI64,
+    /// Relative offset of the batch holding `max_timestamp`.
+    offset_of_max_timestamp: AtomicU64,
+    /// First batch's first timestamp, for rolling by age; `i64::MIN` while empty.
+    first_timestamp: AtomicI64,
+    /// Bytes appended since the last offset-index entry (writer only).
+    bytes_since_index: AtomicU64,
+    pub(crate) index: Index<OffsetEntry>,
+    pub(crate) time_index: Index<TimeEntry>,
+}
+
+/// Limits of the indexes, from the config.
+fn index_limits(config: &Config) -> (u64, u64) {
+    let offset = u64::from(config.max_index_bytes);
+    (offset, offset / 2 * 3)
+}
+
+impl Segment {
+    /// Creates an empty segment; the caller syncs the directory.
+    pub(crate) fn create(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: u64,
+        config: &Config,
+    ) -> Result<Segment> {
+        let log_path = dir.join(file_name(base_offset, LOG_SUFFIX));
+        let log = storage
+            .open(&log_path, true)
+            .map_err(|e| Error::io(&log_path, e))?;
+        log.set_len(0).map_err(|e| Error::io(&log_path, e))?;
+        let (index_bytes, time_bytes) = index_limits(config);
+        let index_path = dir.join(file_name(base_offset, INDEX_SUFFIX));
+        let index = Index::create(storage, &index_path, index_bytes)
+            .map_err(|e| Error::io(&index_path, e))?;
+        let time_path = dir.join(file_name(base_offset, TIME_INDEX_SUFFIX));
+        let time_index =
+            Index::create(storage, &time_path, time_bytes).map_err(|e| Error::io(&time_path, e))?;
+        Self::assemble(log_path, log, 0, base_offset, index, time_index, config)
+    }
+
+    fn assemble(
+        log_path: PathBuf,
+        log: Arc<dyn StorageFile>,
+        size: u64,
+        base_offset: u64,
+        index: Index<OffsetEntry>,
+        time_index: Index<TimeEntry>,
+        config: &Config,
+    ) -> Result<Segment> {
+        let view_len = size.max(config.segment_bytes);
+        let view = log.map(view_len).map_err(|e| Error::io(&log_path, e))?;
+        Ok(Segment {
+            base_offset,
+            log_path,
+            log,
+            view,
+            size: AtomicU64::new(size),
+            next_offset: AtomicU64::new(base_offset),
+            max_timestamp: AtomicI64::new(i64::MIN),
+            offset_of_max_timestamp: AtomicU64::new(0),
+            first_timestamp: AtomicI64::new(i64::MIN),
+            bytes_since_index: AtomicU64::new(0),
+            index,
+            time_index,
+        })
+    }
+
+    /// Opens the files of an existing segment. Its `size` is set to `size`
+    /// (the caller decides it: from a checkpoint, the file length or a scan),
+    /// and its indexes are opened as they are, or `None` if one is missing
+    /// or not a whole number of entries; the caller then validates or
+    /// rebuilds them.
+    pub(crate) fn open_files(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: u64,
+        config: &Config,
+    ) -> Result<SegmentFiles> {
+        let log_path = dir.join(file_name(base_offset, LOG_SUFFIX));
+        let log = storage
+            .open(&log_path, false)
+            .map_err(|e| Error::io(&log_path, e))?;
+        let (index_bytes, time_bytes) = index_limits(config);
+        let index_path = dir.join(file_name(base_offset, INDEX_SUFFIX));
+        let index = match storage
+            .exists(&index_path)
+            .map_err(|e| Error::io(&index_path, e))?
+        {
+            true => Index::open(storage, &index_path, index_bytes)
+                .map_err(|e| Error::io(&index_path, e))?,
+            false => None,
+        };
+        let time_path = dir.join(file_name(base_offset, TIME_INDEX_SUFFIX));
+        let time_index = match storage
+            .exists(&time_path)
+            .map_err(|e| Error::io(&time_path, e))?
+        {
+            true => Index::open(storage, &time_path, time_bytes)
+                .map_err(|e| Error::io(&time_path, e))?,
+            false => None,
+        };
+        Ok(SegmentFiles {
+            log,
+            log_path,
+            index,
+            time_index,
+        })
+    }
+
+    /// Builds a segment from opened files whose indexes were validated, with
+    /// the state the caller established.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        log_path: PathBuf,
+        log: Arc<dyn StorageFile>,
+        base_offset: u64,
+        size: u64,
+        next_offset: u64,
+        index: Index<OffsetEntry>,
+        time_index: Index<TimeEntry>,
+        config: &Config,
+    ) -> Result<Segment> {
+        let segment = Self::assemble(log_path, log, size, base_offset, index, time_index, config)?;
+        segment.next_offset.store(next_offset, Ordering::Relaxed);
+        if let Some(last) = segment
+            .time_index
+            .last()
+            .map_err(|e| Error::io(segment.time_index.path(), e))?
+        {
+            segment
+                .max_timestamp
+                .store(last.timestamp, Ordering::Relaxed);
+            segment
+                .offset_of_max_timestamp
+                .store(u64::from(last.relative_offset), Ordering::Relaxed);
+        }
+        if size > 0 {
+            let first = segment.read_header(0)?;
+            segment
+                .first_timestamp
+                .store(first.first_timestamp, Ordering::Relaxed);
+        }
+        Ok(segment)
+    }
+
+    /// Recreates both indexes empty, for a rebuild by [`Segment::append_meta`]
+    /// replaying a scan.
+    pub(crate) fn create_indexes(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: u64,
+        config: &Config,
+    ) -> Result<(Index<OffsetEntry>, Index<TimeEntry>)> {
+        let (index_bytes, time_bytes) = index_limits(config);
+        let index_path = dir.join(file_name(base_offset, INDEX_SUFFIX));
+        let index = Index::create(storage, &index_path, index_bytes)
+            .map_err(|e| Error::io(&index_path, e))?;
+        let time_path = dir.join(file_name(base_offset, TIME_INDEX_SUFFIX));
+        let time_index =
+            Index::create(storage, &time_path, time_bytes).map_err(|e| Error::io(&time_path, e))?;
+        Ok((index, time_index))
+    }
+
+    pub(crate) fn base_offset(&self) -> u64 {
+        self.base_offset
+    }
+
+    pub(crate) fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub(crate) fn log_file(&self) -> &Arc<dyn StorageFile> {
+        &self.log
+    }
+
+    /// Bytes of batches published to readers.
+    pub(crate) fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn first_timestamp(&self) -> Option<i64> {
+        match self.first_timestamp.load(Ordering::Acquire) {
+            i64::MIN => None,
+            ts => Some(ts),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.size() == 0
+    }
+
+    /// True if a batch spanning these offsets cannot be indexed here: a
+    /// relative offset must fit in 32 bits.
+    pub(crate) fn offsets_fit(&self, last_offset: u64) -> bool {
+        last_offset
+            .checked_sub(self.base_offset)
+            .is_some_and(|rel| rel <= u64::from(u32::MAX))
+    }
+
+    /// Writes a sealed batch at the end. Publishing to readers is separate
+    /// ([`Segment::publish`]) so the writer decides the order.
+    pub(crate) fn write(&self, bytes: &[u8]) -> Result<u64> {
+        let position = self.size.load(Ordering::Relaxed);
+        self.log
+            .write_at(bytes, position)
+            .map_err(|e| Error::io(&self.log_path, e))?;
+        Ok(position)
+    }
+
+    /// Records a batch written at `position` in the indexes and in memory,
+    /// then publishes it to readers.
+    pub(crate) fn append_meta(&self, meta: BatchMeta, index_interval_bytes: u32) -> Result<()> {
+        let BatchMeta { header, position } = meta;
+        let length = u64::from(header.batch_length);
+        assert_eq!(
+            position,
+            self.size.load(Ordering::Relaxed),
+            "batches are appended at the end"
+        );
+        assert!(
+            header.base_offset >= self.next_offset.load(Ordering::Relaxed),
+            "offsets increase"
+        );
+        let relative =
+            u32::try_from(header.base_offset - self.base_offset).expect("checked by offsets_fit");
+        if position == 0 {
+            self.first_timestamp
+                .store(header.first_timestamp, Ordering::Release);
+        }
+        if header.max_timestamp > self.max_timestamp.load(Ordering::Relaxed) {
+            self.offset_of_max_timestamp
+                .store(u64::from(relative), Ordering::Relaxed);
+            self.max_timestamp
+                .store(header.max_timestamp, Ordering::Release);
+        }
+        let since = self.bytes_since_index.load(Ordering::Relaxed);
+        // The first batch always gets an entry, so a lookup never scans from
+        // before the segment's first batch; then one entry per interval.
+        if (position == 0 || since >= u64::from(index_interval_bytes)) && !self.index.is_full() {
+            let position32 = u32::try_from(position).expect("segments stay below 4 GiB");
+            self.index
+                .push(OffsetEntry {
+                    relative_offset: relative,
+                    position: position32,
+                })
+                .map_err(|e| Error::io(self.index.path(), e))?;
+            self.push_time_entry_if_newer()?;
+            self.bytes_since_index.store(length, Ordering::Relaxed);
+        } else {
+            self.bytes_since_index
+                .store(since + length, Ordering::Relaxed);
+        }
+        self.next_offset
+            .store(header.next_offset(), Ordering::Release);
+        self.size.store(position + length, Ordering::Release);
+        Ok(())
+    }
+
+    /// Adds a time-index entry for the largest timestamp so far, if it is
+    /// larger than the last entry's and there is room (one slot is kept for
+    /// the entry written when the segment rolls).
+    fn push_time_entry_if_newer(&self) -> Result<()> {
+        let max = self.max_timestamp.load(Ordering::Relaxed);
+        if max == i64::MIN {
+            return Ok(());
+        }
+        let last = self
+            .time_index
+            .last()
+            .map_err(|e| Error::io(self.time_index.path(), e))?;
+        if last.is_some_and(|e| e.timestamp >= max) || self.time_index.free() == 0 {
+            return Ok(());
+        }
+        let relative_offset = u32::try_from(self.offset_of_max_timestamp.load(Ordering::Relaxed))
+            .expect("relative offsets fit");
+        self.time_index
+            .push(TimeEntry {
+                timestamp: max,
+                relative_offset,
+            })
+            .map_err(|e| Error::io(self.time_index.path(), e))
+    }
+
+    /// True when an index has no room for another entry; the segment rolls.
+    pub(crate) fn indexes_full(&self) -> bool {
+        self.index.is_full() || self.time_index.free() <= 1
+    }
+
+    /// Makes the segment read-only: a final time-index entry, indexes trimmed
+    /// and everything synced. Called on roll and on close.
+    pub(crate) fn seal(&self) -> Result<()> {
+        self.push_time_entry_if_newer()?;
+        self.log
+            .sync_data()
+            .map_err(|e| Error::io(&self.log_path, e))?;
+        for (index_path, result) in [
+            (
+                self.index.path(),
+                self.index.trim().and_then(|()| self.index.sync()),
+            ),
+            (
+                self.time_index.path(),
+                self.time_index.trim().and_then(|()| self.time_index.sync()),
+            ),
+        ] {
+            result.map_err(|e| Error::io(index_path, e))?;
+        }
+        Ok(())
+    }
+
+    /// `len` bytes at `position`, as a view of the mapped file when possible.
+    fn bytes(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        let start =
+            usize::try_from(position).map_err(|_| io::Error::other("position overflows"))?;
+        if let Some(view) = &self.view
+            && let Some(end) = start.checked_add(len)
+            && end <= view.len()
+        {
+            return Ok(view.slice(start..end));
+        }
+        let mut buf = vec![0u8; len];
+        read_exact_at(&*self.log, &mut buf, position)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Reads and checks the header of the batch at `position`, which must be
+    /// below `size()`. Does not verify the checksum.
+    pub(crate) fn read_header(&self, position: u64) -> Result<BatchHeader> {
+        self.read_header_within(position, self.size())
+    }
+
+    /// As [`Segment::read_header`], for a batch that must end by `size`.
+    fn read_header_within(&self, position: u64, size: u64) -> Result<BatchHeader> {
+        let corrupt = |kind| Error::corrupt(&self.log_path, position, kind);
+        if position + HEADER_BYTES as u64 > size {
+            return Err(corrupt(CorruptKind::Truncated {
+                needed: HEADER_BYTES as u64,
+                available: size.saturating_sub(position),
+            }));
+        }
+        let bytes = self
+            .bytes(position, HEADER_BYTES)
+            .map_err(|e| Error::io(&self.log_path, e))?;
+        let header = BatchHeader::parse(&bytes, STORED_BATCH_BYTES_MAX).map_err(corrupt)?;
+        if position + u64::from(header.batch_length) > size {
+            return Err(corrupt(CorruptKind::Length {
+                length: u64::from(header.batch_length),
+            }));
+        }
+        Ok(header)
+    }
+
+    /// Reads the whole batch at `position` and verifies its checksum.
+    pub(crate) fn read_batch(&self, position: u64) -> Result<(BatchHeader, Bytes)> {
+        self.read_batch_within(position, self.size())
+    }
+
+    /// As [`Segment::read_batch`], for a batch that must end by `size`: used
+    /// by recovery, which checks bytes before they are published.
+    pub(crate) fn read_batch_within(
+        &self,
+        position: u64,
+        size: u64,
+    ) -> Result<(BatchHeader, Bytes)> {
+        let header = self.read_header_within(position, size)?;
+        let bytes = self
+            .bytes(position, header.batch_length as usize)
+            .map_err(|e| Error::io(&self.log_path, e))?;
+        let verified = batch::verify_batch(&bytes, STORED_BATCH_BYTES_MAX)
+            .map_err(|kind| Error::corrupt(&self.log_path, position, kind))?;
+        Ok((verified, bytes))
+    }
+
+    /// Byte position of the batch holding `offset`, or of the first batch
+    /// after it; `size()` when there is none. Scans headers from the nearest
+    /// index entry.
+    pub(crate) fn position_of(&self, offset: u64) -> Result<u64> {
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
+        let start = self
+            .index
+            .floor(relative, |e| e.relative_offset)
+            .map_err(|e| Error::io(self.index.path(), e))?
+            .map_or(0, |e| u64::from(e.position));
+        let size = self.size();
+        let mut position = start.min(size);
+        while position < size {
+            let header = self.read_header(position)?;
+            if header.last_offset() >= offset {
+                return Ok(position);
+            }
+            position += u64::from(header.batch_length);
+        }
+        Ok(size)
+    }
+
+    /// Byte position from which a scan for the first record with a
+    /// timestamp at or after `timestamp` can start.
+    pub(crate) fn position_for_timestamp(&self, timestamp: i64) -> Result<u64> {
+        let entry = self
+            .time_index
+            .floor(timestamp, |e| e.timestamp)
+            .map_err(|e| Error::io(self.time_index.path(), e))?;
+        match entry {
+            // Every record before the entry's batch is older than the entry's
+            // timestamp, and strictly older than `timestamp` when it is smaller.
+            Some(e) if e.timestamp < timestamp => {
+                self.position_of(self.base_offset + u64::from(e.relative_offset))
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Syncs the log file's data.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.log
+            .sync_data()
+            .map_err(|e| Error::io(&self.log_path, e))
+    }
+
+    /// Paths of the segment's files.
+    pub(crate) fn paths(&self) -> [PathBuf; 3] {
+        [
+            self.log_path.clone(),
+            self.index.path().to_path_buf(),
+            self.time_index.path().to_path_buf(),
+        ]
+    }
+}

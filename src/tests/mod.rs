@@ -1,0 +1,1 @@
+//! Crate-internal tests that need the simulated disk.
