@@ -24,3 +24,5 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<StoredRecord>, CorruptKind> {
 pub fn open_log_on(dir: &Path, config: Config, storage: Arc<dyn Storage>) -> Result<Log> {
     Log::open_with_storage(dir, config, storage)
 }
+
+pub use crate::fuzzing::*;

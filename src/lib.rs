@@ -50,6 +50,8 @@
 mod checkpoint;
 mod config;
 mod error;
+#[cfg(any(test, feature = "internals"))]
+mod fuzzing;
 #[cfg(feature = "internals")]
 pub mod internals;
 mod log;

@@ -1,1 +1,5 @@
-//! Crate-internal tests that need the simulated disk.
+//! Crate-internal tests that need the simulated disk or internal types.
+
+mod fuzz_corpus;
+mod model;
+mod recovery_files;
