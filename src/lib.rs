@@ -52,6 +52,7 @@ mod config;
 mod error;
 #[cfg(any(test, feature = "internals"))]
 mod fuzzing;
+pub mod inspect;
 #[cfg(feature = "internals")]
 pub mod internals;
 mod log;

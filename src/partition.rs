@@ -488,6 +488,9 @@ impl Partition {
         let deadline = Instant::now() + timeout;
         let mut guard = inner.tail_lock.lock();
         inner.waiters.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `notify_tail`: either this thread sees the
+        // new end offset, or the appender sees this waiter and wakes it.
+        std::sync::atomic::fence(Ordering::SeqCst);
         let result = loop {
             if self.end_offset() > offset {
                 break Ok(true);
@@ -505,6 +508,7 @@ impl Partition {
 
     fn notify_tail(&self) {
         let inner = &*self.inner;
+        std::sync::atomic::fence(Ordering::SeqCst);
         if inner.waiters.load(Ordering::SeqCst) > 0 {
             // Taking the lock orders this wake-up after a waiter's check.
             let _guard = inner.tail_lock.lock();

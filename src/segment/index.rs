@@ -161,9 +161,6 @@ impl<E: Entry> Index<E> {
             "index {} is full",
             self.path.display()
         );
-        if len >= self.max_entries {
-            return Err(io::Error::other("index is full"));
-        }
         // A reopened index file may be shorter than its maximum: growing it
         // is covered by the mapping made for `max_entries`.
         self.file.write_at(&entry.encode(), len * E::BYTES as u64)?;

@@ -1,0 +1,1 @@
+//! Offline inspection of a log directory: dump, verify, repair, stats.
