@@ -1,10 +1,11 @@
 //! The partition checkpoint: where recovery may start, whether the last
 //! shutdown was clean, and the log start offset.
 //!
-//! The file holds two 64-byte slots, written alternately, each with its own
-//! checksum and a sequence number; the valid slot with the higher sequence
-//! wins. A torn write can only damage the slot being written, so the other
-//! one still holds the previous state.
+//! The file holds two 64-byte slots, each with its own checksum and a
+//! sequence number; the valid slot with the higher sequence wins. One slot
+//! holds the latest synced state and is never written over until a newer
+//! synced state is in the other one, so a torn write can only damage a state
+//! that was not promised durable.
 //!
 //! Most updates are written without an fsync: a checkpoint only ever
 //! records data that was already synced, so if it is lost the older one
@@ -106,25 +107,33 @@ pub(crate) struct Checkpoint {
     path: PathBuf,
     file: Arc<dyn StorageFile>,
     sequence: u64,
+    /// The slot (0 or 1) holding the latest synced state.
+    durable_slot: usize,
+    created: bool,
     state: State,
 }
 
 impl Checkpoint {
     /// Opens (or creates) the checkpoint of the partition in `dir` and reads
-    /// the latest valid state, if any.
+    /// the latest valid state, if any. When the file was created, the
+    /// caller syncs the directory (see [`Checkpoint::created`]).
     pub(crate) fn open(storage: &dyn Storage, dir: &Path) -> Result<(Checkpoint, Option<State>)> {
         let path = dir.join(FILE_NAME);
+        let created = !storage.exists(&path).map_err(|e| Error::io(&path, e))?;
         let file = storage.open(&path, true).map_err(|e| Error::io(&path, e))?;
         let mut buf = vec![0u8; 2 * SLOT_BYTES];
         let read = read_up_to(&*file, &mut buf).map_err(|e| Error::io(&path, e))?;
         buf.truncate(read);
         let best = buf
             .chunks(SLOT_BYTES)
-            .filter_map(State::decode)
-            .max_by_key(|(sequence, _)| *sequence);
-        let (sequence, state) = match best {
-            Some((sequence, state)) => (sequence, Some(state)),
-            None => (0, None),
+            .enumerate()
+            .filter_map(|(slot, bytes)| State::decode(bytes).map(|(seq, state)| (seq, slot, state)))
+            .max_by_key(|(sequence, _, _)| *sequence);
+        // The slot read from is the one that may be durable; writes go to
+        // the other until a synced write makes that one durable.
+        let (sequence, durable_slot, state) = match best {
+            Some((sequence, slot, state)) => (sequence, slot, Some(state)),
+            None => (0, 1, None),
         };
         let placeholder = State {
             clean: false,
@@ -137,27 +146,41 @@ impl Checkpoint {
             path,
             file,
             sequence,
+            durable_slot,
+            created,
             state: state.unwrap_or(placeholder),
         };
         Ok((checkpoint, state))
+    }
+
+    /// True if `open` created the file: its name is durable only once the
+    /// directory is synced.
+    pub(crate) fn created(&self) -> bool {
+        self.created
     }
 
     pub(crate) fn state(&self) -> State {
         self.state
     }
 
-    /// Writes a new state into the older slot. `sync` makes it durable.
+    /// Writes a new state. `sync` makes it durable.
+    ///
+    /// Every write goes to the slot that does not hold the latest synced
+    /// state, so a write torn by a power loss can only cost states that were
+    /// never promised durable: the synced one is still in the other slot. A
+    /// synced write then becomes the durable slot.
     pub(crate) fn write(&mut self, state: State, sync: bool) -> Result<()> {
         let sequence = self.sequence + 1;
-        let slot = state.encode(sequence);
-        let position = (sequence % 2) * SLOT_BYTES as u64;
+        let slot = 1 - self.durable_slot;
+        let position = (slot * SLOT_BYTES) as u64;
         self.file
-            .write_at(&slot, position)
+            .write_at(&state.encode(sequence), position)
             .map_err(|e| Error::io(&self.path, e))?;
         if sync {
             self.file
                 .sync_data()
                 .map_err(|e| Error::io(&self.path, e))?;
+            self.durable_slot = slot;
         }
         self.sequence = sequence;
         self.state = state;

@@ -30,7 +30,8 @@ pub enum Compression {
     None,
     /// LZ4 block compression.
     Lz4,
-    /// Zstandard at the given level (1 to 22).
+    /// Zstandard at the given level: 1 (fastest) to 22 (smallest); negative
+    /// levels trade ratio for more speed.
     Zstd {
         /// The compression level.
         level: i32,
@@ -110,7 +111,9 @@ pub struct Config {
     ///
     /// Default: [`Durability::Sync`].
     pub durability: Durability,
-    /// Codec for batches appended to this log.
+    /// Codec for batches appended to this log. Each batch records its codec,
+    /// so this can change between opens; a batch that does not shrink is
+    /// stored uncompressed.
     ///
     /// Default: [`Compression::None`].
     pub compression: Compression,
@@ -249,11 +252,30 @@ impl Config {
         }
         match self.compression {
             Compression::None => {}
-            Compression::Lz4 | Compression::Zstd { .. } => {
+            Compression::Lz4 | Compression::Zstd { .. }
+                if self.max_batch_bytes as usize > crate::codec::MAX_DECOMPRESSED_BYTES =>
+            {
                 return Err(Error::config(
-                    "compression",
-                    "this build supports only Compression::None",
+                    "max_batch_bytes",
+                    format!(
+                        "must be at most {} bytes when batches are compressed",
+                        crate::codec::MAX_DECOMPRESSED_BYTES
+                    ),
                 ));
+            }
+            Compression::Lz4 => {}
+            Compression::Zstd { level } => {
+                let levels = zstd::compression_level_range();
+                if !levels.contains(&level) || level == 0 {
+                    return Err(Error::config(
+                        "compression",
+                        format!(
+                            "zstd level {level} is outside {}..={} (0 is not a level)",
+                            levels.start(),
+                            levels.end()
+                        ),
+                    ));
+                }
             }
         }
         if self.cleanup == Cleanup::Compact {

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A specialised `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -10,8 +11,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Each variant carries what a caller needs to act on it: the offsets of the
 /// log for [`Error::OffsetOutOfRange`], the file and byte position for
-/// [`Error::Corrupt`], the path for [`Error::Io`].
-#[derive(Debug, thiserror::Error)]
+/// [`Error::Corrupt`], the path for [`Error::Io`]. Errors are `Clone` so
+/// that one failed batch can fail every send waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An I/O operation failed.
@@ -21,7 +23,7 @@ pub enum Error {
         path: PathBuf,
         /// The underlying error.
         #[source]
-        source: io::Error,
+        source: Arc<io::Error>,
     },
 
     /// Bytes on disk failed validation where the log expected durable data.
@@ -112,7 +114,38 @@ pub enum Error {
         partition: u32,
     },
 
-    /// The log was closed.
+    /// An idempotent producer's batch does not follow its previous one: a
+    /// sequence number was skipped or reused out of order.
+    #[error("producer {producer_id}: sequence {found} is out of order (expected {expected})")]
+    OutOfOrderSequence {
+        /// The producer.
+        producer_id: i64,
+        /// The sequence the partition expected.
+        expected: i32,
+        /// The sequence the batch carried.
+        found: i32,
+    },
+
+    /// A producer with the same id and a newer epoch has written to the
+    /// partition; this one is a zombie and may not write.
+    #[error("producer {producer_id} with epoch {epoch} is fenced by epoch {current_epoch}")]
+    ProducerFenced {
+        /// The producer.
+        producer_id: i64,
+        /// The epoch the batch carried.
+        epoch: i16,
+        /// The newest epoch the partition has seen.
+        current_epoch: i16,
+    },
+
+    /// A producer's buffer stayed full for longer than it may block.
+    #[error("the producer's buffer of {limit} bytes stayed full")]
+    BufferFull {
+        /// The configured buffer size in bytes.
+        limit: u64,
+    },
+
+    /// The log (or the producer) was closed.
     #[error("the log is closed")]
     Closed,
 }
@@ -172,7 +205,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             path: path.into(),
-            source,
+            source: Arc::new(source),
         }
     }
 

@@ -48,6 +48,7 @@
 #![warn(clippy::semicolon_if_nothing_returned)]
 
 mod checkpoint;
+mod codec;
 mod config;
 mod error;
 #[cfg(any(test, feature = "internals"))]
@@ -56,11 +57,16 @@ pub mod inspect;
 #[cfg(feature = "internals")]
 pub mod internals;
 mod log;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod partition;
 mod partitioner;
+mod producer;
+mod producer_state;
 mod record;
 mod recovery;
 mod segment;
+mod stats;
 #[cfg(not(feature = "internals"))]
 #[allow(dead_code)]
 mod storage;
@@ -74,5 +80,7 @@ mod tests;
 pub use config::{Cleanup, Compression, Config, Durability};
 pub use error::{CorruptKind, Error, Result};
 pub use log::Log;
-pub use partition::{Partition, Reader, RecoveryReport};
+pub use partition::{Partition, Reader, RecoveryReport, SentRange};
+pub use producer::{Producer, ProducerConfig, SendHandle, WhenFull};
 pub use record::{Appended, Header, Record, StoredRecord};
+pub use stats::PartitionStats;

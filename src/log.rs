@@ -7,10 +7,13 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 use crate::config::{Config, Durability};
 use crate::error::{CorruptKind, Error, Result};
 use crate::partition::{Partition, RecoveryReport, now_ms};
 use crate::partitioner::{StickyPartitioner, partition_for_key};
+use crate::producer::ProducerIds;
 use crate::record::{Appended, Record};
 use crate::storage::{FsStorage, LockGuard, Storage, read_exact_at};
 
@@ -61,6 +64,8 @@ struct Inner {
     partitions: Vec<Partition>,
     reports: Vec<RecoveryReport>,
     sticky: StickyPartitioner,
+    storage: Arc<dyn Storage>,
+    producer_ids: Mutex<ProducerIds>,
     _lock: Box<dyn LockGuard>,
 }
 
@@ -90,9 +95,22 @@ impl Log {
             move |e| Error::io(path, e)
         };
         if !storage.exists(dir).map_err(io(dir))? {
+            // Every directory created on the way must have its entry synced
+            // into its parent, from the deepest existing ancestor down.
+            let mut created = vec![dir];
+            let mut ancestor = dir.parent();
+            while let Some(parent) = ancestor.filter(|p| !p.as_os_str().is_empty()) {
+                if storage.exists(parent).map_err(io(parent))? {
+                    break;
+                }
+                created.push(parent);
+                ancestor = parent.parent();
+            }
             storage.create_dir_all(dir).map_err(io(dir))?;
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                storage.sync_dir(parent).map_err(io(parent))?;
+            for path in created.iter().rev() {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    storage.sync_dir(parent).map_err(io(parent))?;
+                }
             }
         } else if !storage.is_dir(dir).map_err(io(dir))? {
             return Err(Error::NotALog {
@@ -125,7 +143,9 @@ impl Log {
                 .list_dir(dir)
                 .map_err(io(dir))?
                 .into_iter()
-                .filter(|name| name != LOCK_FILE && name != META_TEMP_FILE)
+                .filter(|name| {
+                    name != LOCK_FILE && name != META_TEMP_FILE && !name.starts_with("producer-ids")
+                })
                 .collect();
             if !foreign.is_empty() {
                 return Err(Error::NotALog {
@@ -171,6 +191,8 @@ impl Log {
             config,
             partitions: handles,
             reports,
+            producer_ids: Mutex::new(ProducerIds::load(&*storage, dir)?),
+            storage,
             _lock: lock,
         });
         let (stop, stopped) = mpsc::channel();
@@ -180,6 +202,14 @@ impl Log {
             stop: Some(stop),
             background: Some(background),
         })
+    }
+
+    /// A producer id no producer of this log has had, even across restarts.
+    pub(crate) fn allocate_producer_id(&self) -> Result<i64> {
+        self.inner
+            .producer_ids
+            .lock()
+            .allocate(&*self.inner.storage, &self.inner.dir)
     }
 
     /// The log's directory.
@@ -254,6 +284,15 @@ impl Log {
         enforce_retention(&self.inner)
     }
 
+    /// Publishes every partition's counters to the `metrics` facade now.
+    /// The background thread also does this every few seconds; the append and
+    /// read paths never call the facade, so they cost only relaxed atomic
+    /// increments.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        crate::metrics::publish(&self.inner.partitions);
+    }
+
     /// Fsyncs every partition.
     ///
     /// # Errors
@@ -316,7 +355,12 @@ fn enforce_retention(inner: &Inner) -> Result<usize> {
     first.map_or(Ok(deleted), Err)
 }
 
-/// The thread that runs interval syncs and retention until the log closes.
+/// How often the background thread publishes counters to the `metrics`
+/// facade (with the `metrics` feature).
+const METRICS_EVERY: Duration = Duration::from_secs(5);
+
+/// The thread that runs interval syncs, retention and metrics until the log
+/// closes.
 fn spawn_background(inner: Arc<Inner>, stopped: mpsc::Receiver<()>) -> Result<JoinHandle<()>> {
     let sync_every = match inner.config.durability {
         Durability::Interval(every) => Some(every),
@@ -329,8 +373,14 @@ fn spawn_background(inner: Arc<Inner>, stopped: mpsc::Receiver<()>) -> Result<Jo
         .spawn(move || {
             let mut next_sync = sync_every.map(|every| Instant::now() + every);
             let mut next_retention = Instant::now() + retention_every;
+            let mut next_metrics = Instant::now() + METRICS_EVERY;
             loop {
                 let wake = next_sync.map_or(next_retention, |s| s.min(next_retention));
+                let wake = if cfg!(feature = "metrics") {
+                    wake.min(next_metrics)
+                } else {
+                    wake
+                };
                 let wait = wake.saturating_duration_since(Instant::now());
                 match stopped.recv_timeout(wait.max(Duration::from_millis(1))) {
                     Err(RecvTimeoutError::Timeout) => {}
@@ -349,6 +399,11 @@ fn spawn_background(inner: Arc<Inner>, stopped: mpsc::Receiver<()>) -> Result<Jo
                 if now >= next_retention {
                     let _ = enforce_retention(&inner);
                     next_retention = now + retention_every;
+                }
+                if now >= next_metrics {
+                    #[cfg(feature = "metrics")]
+                    crate::metrics::publish(&inner.partitions);
+                    next_metrics = now + METRICS_EVERY;
                 }
             }
         })

@@ -21,6 +21,8 @@ use bytes::Bytes;
 
 use super::varint;
 use super::{Header, Record, StoredRecord};
+use crate::codec;
+use crate::config::Compression;
 use crate::error::CorruptKind;
 
 /// The format version written by this build.
@@ -131,8 +133,8 @@ impl BatchHeader {
         {
             return Err(CorruptKind::Record("reserved header bits are set"));
         }
-        if header.attributes & ATTR_CODEC_MASK != 0 {
-            return Err(CorruptKind::Record("unsupported compression codec"));
+        if !codec::is_known(header.attributes & ATTR_CODEC_MASK) {
+            return Err(CorruptKind::Record("unknown compression codec"));
         }
         if header.record_count == 0
             || u64::from(header.record_count) > u64::from(header.last_offset_delta) + 1
@@ -149,6 +151,11 @@ impl BatchHeader {
             return Err(CorruptKind::Record("last offset overflows"));
         }
         Ok(header)
+    }
+
+    /// The codec of the records block.
+    pub(crate) fn codec(&self) -> u16 {
+        self.attributes & ATTR_CODEC_MASK
     }
 
     /// Offset of the batch's last record.
@@ -274,6 +281,22 @@ impl EncodedBatch {
         Ok(batch)
     }
 
+    /// Compresses the records block with `compression`, unless that does not
+    /// make it smaller. Must come before [`EncodedBatch::seal`].
+    pub(crate) fn compress(&mut self, compression: Compression) {
+        let Some(packed) = codec::compress(compression, &self.buf[HEADER_BYTES..]) else {
+            return;
+        };
+        self.buf.truncate(HEADER_BYTES);
+        self.buf.extend_from_slice(&packed);
+        let length = u32::try_from(self.buf.len()).expect("smaller than before");
+        self.buf[LENGTH_OFFSET..LENGTH_OFFSET + 4].copy_from_slice(&length.to_le_bytes());
+        let attributes =
+            u16_at(&self.buf, ATTRIBUTES_OFFSET) & !ATTR_CODEC_MASK | codec::codec_of(compression);
+        self.buf[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2]
+            .copy_from_slice(&attributes.to_le_bytes());
+    }
+
     /// Stamps the producer fields.
     pub(crate) fn set_producer(&mut self, stamp: ProducerStamp) {
         let buf = &mut self.buf;
@@ -348,13 +371,17 @@ fn body_len(record: &Record, ts_delta: i64, offset_delta: u64) -> usize {
             .sum::<usize>()
 }
 
-/// Iterates over the records of a verified batch. Every length is checked
-/// against the bytes that remain; a malformed record ends the iteration
-/// with an error.
+/// Iterates over the records of a verified batch. A compressed records
+/// block is decompressed on the first call to `next`. Every length is
+/// checked against the bytes that remain; a malformed record ends the
+/// iteration with an error.
 pub(crate) struct Records {
     header: BatchHeader,
-    /// The whole batch; records are sliced out of it without copying.
+    /// The whole batch, until its records block is taken out of it.
     batch: Bytes,
+    /// The records block, uncompressed; records are sliced out of it
+    /// without copying.
+    body: Option<Bytes>,
     position: usize,
     remaining: u32,
     previous_delta: Option<u64>,
@@ -364,18 +391,31 @@ impl Records {
     /// `batch` must be exactly one batch that passed [`verify_batch`].
     pub(crate) fn new(header: BatchHeader, batch: Bytes) -> Records {
         debug_assert_eq!(batch.len(), header.batch_length as usize);
+        let body = (header.codec() == codec::CODEC_NONE).then(|| batch.slice(HEADER_BYTES..));
         Records {
             header,
             batch,
-            position: HEADER_BYTES,
+            body,
+            position: 0,
             remaining: header.record_count,
             previous_delta: None,
         }
     }
 
+    fn body(&mut self) -> Result<Bytes, CorruptKind> {
+        if let Some(body) = &self.body {
+            return Ok(body.clone());
+        }
+        let body = codec::decompress(self.header.codec(), &self.batch[HEADER_BYTES..])?;
+        self.body = Some(body.clone());
+        self.batch = Bytes::new();
+        Ok(body)
+    }
+
     fn decode_one(&mut self) -> Result<StoredRecord, CorruptKind> {
         let bad = CorruptKind::Record;
-        let buf = &self.batch[..];
+        let body = self.body()?;
+        let buf = &body[..];
         let (length, n) = varint::get_u64(&buf[self.position..]).ok_or(bad("record length"))?;
         let start = self.position + n;
         let end = usize::try_from(length)
@@ -394,8 +434,8 @@ impl Records {
         {
             return Err(bad("offset delta out of order"));
         }
-        let key = cursor.bytes(&self.batch).ok_or(bad("key"))?;
-        let value = cursor.bytes(&self.batch).ok_or(bad("value"))?;
+        let key = cursor.bytes(&body).ok_or(bad("key"))?;
+        let value = cursor.bytes(&body).ok_or(bad("value"))?;
         let header_count = cursor.u64().ok_or(bad("header count"))?;
         // Every header takes at least two bytes, which bounds the allocation.
         if header_count > (end - cursor.at) as u64 / 2 {
@@ -408,7 +448,7 @@ impl Records {
             let key = std::str::from_utf8(key)
                 .map_err(|_| bad("header key is not UTF-8"))?
                 .to_owned();
-            let value = cursor.bytes(&self.batch).ok_or(bad("header value"))?;
+            let value = cursor.bytes(&body).ok_or(bad("header value"))?;
             headers.push(Header { key, value });
         }
         if cursor.at != end {
@@ -424,6 +464,10 @@ impl Records {
             headers,
         })
     }
+
+    fn body_len(&self) -> usize {
+        self.body.as_ref().map_or(0, Bytes::len)
+    }
 }
 
 impl Iterator for Records {
@@ -431,8 +475,8 @@ impl Iterator for Records {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
-            if self.position != self.batch.len() {
-                self.position = self.batch.len();
+            if self.position != self.body_len() {
+                self.position = self.body_len();
                 return Some(Err(CorruptKind::Record("bytes after the last record")));
             }
             return None;
@@ -441,7 +485,8 @@ impl Iterator for Records {
         let result = self.decode_one();
         if result.is_err() {
             self.remaining = 0;
-            self.position = self.batch.len();
+            self.body = Some(Bytes::new());
+            self.position = 0;
         }
         Some(result)
     }
@@ -539,6 +584,39 @@ mod tests {
             assert_eq!(d.value, r.value);
             assert_eq!(d.headers, r.headers);
         }
+    }
+
+    #[test]
+    fn compressed_batches_round_trip_and_keep_the_codec() {
+        let records: Vec<Record> = (0..200)
+            .map(|i| Record::new(format!("{{\"id\":{i},\"level\":\"INFO\"}}")).with_key("k"))
+            .collect();
+        for compression in [Compression::Lz4, Compression::Zstd { level: 1 }] {
+            let mut plain = EncodedBatch::encode(&records, 0, 1 << 20).unwrap();
+            let mut packed = plain.clone();
+            packed.compress(compression);
+            assert!(packed.len() < plain.len() / 2, "{compression:?}");
+            let packed = Bytes::copy_from_slice(packed.seal(9));
+            let header = verify_batch(&packed, 1 << 20).unwrap();
+            assert_eq!(header.codec(), codec::codec_of(compression));
+            let plain = Bytes::copy_from_slice(plain.seal(9));
+            let a: Vec<_> = Records::new(header, packed)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let b: Vec<_> = Records::new(verify_batch(&plain, 1 << 20).unwrap(), plain)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(a, b);
+        }
+    }
+
+    #[test]
+    fn a_batch_that_does_not_shrink_stays_uncompressed() {
+        let mut batch = EncodedBatch::encode(&[Record::new("x")], 0, 1 << 20).unwrap();
+        let before = batch.bytes().to_vec();
+        batch.compress(Compression::Lz4);
+        assert_eq!(batch.bytes(), &before[..]);
+        assert_eq!(batch.header().codec(), codec::CODEC_NONE);
     }
 
     #[test]

@@ -79,7 +79,6 @@ impl Entry for TimeEntry {
 
 /// An index file. Entries are appended by the partition's single writer and
 /// read by any thread; `len` is published after the entry's bytes.
-#[derive(Debug)]
 pub(crate) struct Index<E: Entry> {
     path: PathBuf,
     file: Arc<dyn StorageFile>,
@@ -87,6 +86,16 @@ pub(crate) struct Index<E: Entry> {
     len: AtomicU64,
     max_entries: u64,
     _entry: std::marker::PhantomData<E>,
+}
+
+/// Printed without the mapping, which reaches past the file's end.
+impl<E: Entry> std::fmt::Debug for Index<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("path", &self.path)
+            .field("entries", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<E: Entry> Index<E> {
@@ -190,16 +199,20 @@ impl<E: Entry> Index<E> {
         }
     }
 
-    /// The last entry whose key is at most `target`, by binary search over
-    /// entries whose keys never decrease.
-    pub(crate) fn floor<K: Ord>(&self, target: K, key: impl Fn(&E) -> K) -> io::Result<Option<E>> {
+    /// The last entry whose key is at most `target`, with its number, by
+    /// binary search over entries whose keys never decrease.
+    pub(crate) fn floor<K: Ord>(
+        &self,
+        target: K,
+        key: impl Fn(&E) -> K,
+    ) -> io::Result<Option<(u64, E)>> {
         let (mut lo, mut hi) = (0u64, self.len());
         let mut found = None;
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let entry = self.get(mid)?;
             if key(&entry) <= target {
-                found = Some(entry);
+                found = Some((mid, entry));
                 lo = mid + 1;
             } else {
                 hi = mid;

@@ -15,7 +15,7 @@ mod index;
 
 pub(crate) use index::{Index, OffsetEntry, TimeEntry};
 
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::error::{CorruptKind, Error, Result};
 use crate::record::batch::{self, BatchHeader, HEADER_BYTES};
 use crate::storage::{Storage, StorageFile, read_exact_at};
@@ -62,7 +62,6 @@ pub(crate) struct SegmentFiles {
 }
 
 /// One segment of a partition.
-#[derive(Debug)]
 pub(crate) struct Segment {
     base_offset: u64,
     log_path: PathBuf,
@@ -82,7 +81,28 @@ pub(crate) struct Segment {
     bytes_since_index: AtomicU64,
     pub(crate) index: Index<OffsetEntry>,
     pub(crate) time_index: Index<TimeEntry>,
+    /// Whether to zero-fill ahead of the data (for `Durability::Sync`).
+    preallocate: bool,
+    /// The file's length: data, then zeros written ahead.
+    allocated: AtomicU64,
+    segment_bytes: u64,
 }
+
+/// Printed without the mapping, whose bytes past the file's end must never
+/// be touched (and which would be a whole segment long).
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("path", &self.log_path)
+            .field("base_offset", &self.base_offset)
+            .field("next_offset", &self.next_offset())
+            .field("size", &self.size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far ahead of the data a `Durability::Sync` segment is zero-filled.
+const PREALLOCATE_BYTES: u64 = 1 << 20;
 
 /// Limits of the indexes, from the config.
 fn index_limits(config: &Config) -> (u64, u64) {
@@ -122,7 +142,7 @@ impl Segment {
         time_index: Index<TimeEntry>,
         config: &Config,
     ) -> Result<Segment> {
-        let view_len = size.max(config.segment_bytes);
+        let view_len = size.max(config.segment_bytes) + PREALLOCATE_BYTES;
         let view = log.map(view_len).map_err(|e| Error::io(&log_path, e))?;
         Ok(Segment {
             base_offset,
@@ -137,6 +157,9 @@ impl Segment {
             bytes_since_index: AtomicU64::new(0),
             index,
             time_index,
+            preallocate: config.durability == Durability::Sync,
+            allocated: AtomicU64::new(size),
+            segment_bytes: config.segment_bytes,
         })
     }
 
@@ -209,12 +232,6 @@ impl Segment {
                 .offset_of_max_timestamp
                 .store(u64::from(last.relative_offset), Ordering::Relaxed);
         }
-        if size > 0 {
-            let first = segment.read_header(0)?;
-            segment
-                .first_timestamp
-                .store(first.first_timestamp, Ordering::Relaxed);
-        }
         Ok(segment)
     }
 
@@ -261,9 +278,16 @@ impl Segment {
         self.max_timestamp.load(Ordering::Acquire)
     }
 
+    /// The first batch's first timestamp; read from the file the first time
+    /// it is asked for, so that opening a segment reads none of its batches.
     pub(crate) fn first_timestamp(&self) -> Option<i64> {
         match self.first_timestamp.load(Ordering::Acquire) {
-            i64::MIN => None,
+            i64::MIN if self.is_empty() => None,
+            i64::MIN => {
+                let first = self.read_header(0).ok()?.first_timestamp;
+                self.first_timestamp.store(first, Ordering::Release);
+                Some(first)
+            }
             ts => Some(ts),
         }
     }
@@ -284,10 +308,29 @@ impl Segment {
     /// ([`Segment::publish`]) so the writer decides the order.
     pub(crate) fn write(&self, bytes: &[u8]) -> Result<u64> {
         let position = self.size.load(Ordering::Relaxed);
+        let end = position + bytes.len() as u64;
+        if self.preallocate && end > self.allocated.load(Ordering::Relaxed) {
+            self.preallocate_past(end)?;
+        }
         self.log
             .write_at(bytes, position)
             .map_err(|e| Error::io(&self.log_path, e))?;
         Ok(position)
+    }
+
+    /// Writes zeros from the end of the data to a chunk past `end`, so that
+    /// the next batches overwrite blocks the file system has already
+    /// allocated: their fsync then need not commit an allocation or a size
+    /// change. The zeros become durable with the next fsync.
+    fn preallocate_past(&self, end: u64) -> Result<()> {
+        let from = self.size.load(Ordering::Relaxed);
+        let to = (end + PREALLOCATE_BYTES).min(end.max(self.segment_bytes));
+        let zeros = vec![0u8; (to - from) as usize];
+        self.log
+            .write_at(&zeros, from)
+            .map_err(|e| Error::io(&self.log_path, e))?;
+        self.allocated.store(to, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Records a batch written at `position` in the indexes and in memory,
@@ -376,6 +419,16 @@ impl Segment {
         self.log
             .sync_data()
             .map_err(|e| Error::io(&self.log_path, e))?;
+        // Cut preallocated zeros, so that the file ends where its data does;
+        // readers only read below `size`, so nothing they hold is cut.
+        let size = self.size();
+        if self.allocated.load(Ordering::Relaxed) > size {
+            self.log
+                .set_len(size)
+                .and_then(|()| self.log.sync_data())
+                .map_err(|e| Error::io(&self.log_path, e))?;
+            self.allocated.store(size, Ordering::Relaxed);
+        }
         for (index_path, result) in [
             (
                 self.index.path(),
@@ -461,13 +514,25 @@ impl Segment {
         let relative = offset
             .saturating_sub(self.base_offset)
             .min(u64::from(u32::MAX)) as u32;
-        let start = self
+        let entry = self
             .index
             .floor(relative, |e| e.relative_offset)
-            .map_err(|e| Error::io(self.index.path(), e))?
-            .map_or(0, |e| u64::from(e.position));
+            .map_err(|e| Error::io(self.index.path(), e))?;
         let size = self.size();
-        let mut position = start.min(size);
+        let mut position = entry.map_or(0, |(_, e)| u64::from(e.position)).min(size);
+        // The entry must point at the batch it names; otherwise the scan
+        // could start past the offset, or inside a batch. The index is
+        // derived data: a bad entry means scanning from the segment's start.
+        if let Some((_, entry)) = entry
+            && position < size
+        {
+            let names_its_batch = self
+                .read_header(position)
+                .is_ok_and(|h| h.base_offset == self.base_offset + u64::from(entry.relative_offset));
+            if !names_its_batch {
+                position = 0;
+            }
+        }
         while position < size {
             let header = self.read_header(position)?;
             if header.last_offset() >= offset {
@@ -488,7 +553,7 @@ impl Segment {
         match entry {
             // Every record before the entry's batch is older than the entry's
             // timestamp, and strictly older than `timestamp` when it is smaller.
-            Some(e) if e.timestamp < timestamp => {
+            Some((_, e)) if e.timestamp < timestamp => {
                 self.position_of(self.base_offset + u64::from(e.relative_offset))
             }
             _ => Ok(0),

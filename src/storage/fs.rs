@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -134,5 +135,42 @@ impl StorageFile for FsFile {
         // rewritten in place.
         let map = unsafe { memmap2::MmapOptions::new().len(len).map(&self.0)? };
         Ok(Some(Bytes::from_owner(map)))
+    }
+
+    fn send_to(&self, position: u64, len: u64, out: BorrowedFd<'_>) -> io::Result<bool> {
+        let mut offset = libc::off_t::try_from(position)
+            .map_err(|_| io::Error::other("position overflows off_t"))?;
+        let end = position
+            .checked_add(len)
+            .ok_or_else(|| io::Error::other("range overflows"))?;
+        while (offset as u64) < end {
+            let count = usize::try_from(end - offset as u64)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            // SAFETY: both descriptors are open for the duration of the call
+            // (`self.0` is owned by this file, `out` is borrowed from the
+            // caller), and `offset` is a valid, exclusively borrowed
+            // `off_t` that the kernel advances; no memory of this process is
+            // read or written.
+            let sent =
+                unsafe { libc::sendfile(out.as_raw_fd(), self.0.as_raw_fd(), &mut offset, count) };
+            match sent {
+                -1 => {
+                    let error = io::Error::last_os_error();
+                    match error.raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        // Not a descriptor sendfile can write to: the caller
+                        // copies, but only if nothing was sent yet.
+                        Some(libc::EINVAL | libc::ENOSYS) if offset as u64 == position => {
+                            return Ok(false);
+                        }
+                        _ => return Err(error),
+                    }
+                }
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                _ => {}
+            }
+        }
+        Ok(true)
     }
 }

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -70,6 +71,13 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// bytes below the file's length may be touched; the caller never shrinks
     /// the file below a position it has read through the view.
     fn map(&self, len: u64) -> io::Result<Option<Bytes>>;
+    /// Copies `len` bytes at `position` to `out` inside the kernel
+    /// (`sendfile`), all of them or an error; `Ok(false)` where that is not
+    /// possible, and the caller copies the bytes itself.
+    fn send_to(&self, position: u64, len: u64, out: BorrowedFd<'_>) -> io::Result<bool> {
+        let _ = (position, len, out);
+        Ok(false)
+    }
 }
 
 /// Holds a directory lock until dropped.

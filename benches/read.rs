@@ -1,0 +1,215 @@
+//! Read paths through the public API.
+//!
+//! One log of `DURABLE_LOG_BENCH_RECORDS` (default 1,000,000) 100-byte
+//! records, appended in batches of 100, is built once per run in a temporary
+//! directory under `DURABLE_LOG_BENCH_DIR` (default `./target/bench-data`),
+//! then closed and reopened. Measured:
+//!
+//! - `scan/reader`: every record through `Partition::reader(0)`;
+//! - `scan/read_1MiB`: every record through `Partition::read(offset, 1 MiB)`
+//!   calls, each starting after the last record of the previous one;
+//! - `point/reader_next` and `point/read_1_byte`: one record at an offset
+//!   drawn from a fixed-seed generator, through `reader(offset).next()` and
+//!   through `read(offset, 1)` (which decodes the whole batch holding it).
+//!
+//! The data is in the page cache: these are the costs of the log's own code
+//! (index lookup, checksum, decoding), not of the disk.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use durable_log::{Config, Durability, Log, Partition, Record};
+use tempfile::TempDir;
+
+/// Size of every record's value.
+const RECORD_BYTES: usize = 100;
+/// Records per appended batch.
+const BATCH_RECORDS: usize = 100;
+/// Records in the log unless `DURABLE_LOG_BENCH_RECORDS` says otherwise.
+const DEFAULT_RECORDS: u64 = 1_000_000;
+/// The `max_bytes` of the chunked scan.
+const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// SplitMix64: a small, fixed-seed generator, so every run reads the same
+/// offsets of the same bytes.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound
+    }
+}
+
+/// One log line, `{"ts":…,"level":"…","msg":"…"}`, padded to exactly
+/// `RECORD_BYTES` bytes.
+fn log_line(rng: &mut SplitMix64, ts_ms: u64) -> Vec<u8> {
+    const LEVELS: [&str; 4] = ["DEBUG", "INFO", "WARN", "ERROR"];
+    const WORDS: [&str; 8] = [
+        "request", "served", "user", "session", "cache", "miss", "upstream", "retry",
+    ];
+    let level = LEVELS[rng.below(LEVELS.len() as u64) as usize];
+    let head = format!(r#"{{"ts":{ts_ms},"level":"{level}","msg":""#);
+    let tail = r#""}"#;
+    let room = RECORD_BYTES - head.len() - tail.len();
+    let mut msg = String::with_capacity(room);
+    while msg.len() < room {
+        let word = WORDS[rng.below(WORDS.len() as u64) as usize];
+        msg.push_str(word);
+        msg.push_str(&format!(" id={} ", rng.below(100_000)));
+    }
+    msg.truncate(room);
+    let line = format!("{head}{msg}{tail}");
+    assert_eq!(line.len(), RECORD_BYTES);
+    line.into_bytes()
+}
+
+fn bench_root() -> PathBuf {
+    let root = std::env::var_os("DURABLE_LOG_BENCH_DIR")
+        .map_or_else(|| PathBuf::from("target/bench-data"), PathBuf::from);
+    std::fs::create_dir_all(&root).expect("create the bench data directory");
+    root
+}
+
+fn record_count() -> u64 {
+    std::env::var("DURABLE_LOG_BENCH_RECORDS")
+        .ok()
+        .map(|v| v.parse().expect("DURABLE_LOG_BENCH_RECORDS is a number"))
+        .unwrap_or(DEFAULT_RECORDS)
+        .max(1)
+}
+
+/// The log under test. Fields drop in order: the log closes before its
+/// directory is removed.
+struct Fixture {
+    _log: Log,
+    partition: Partition,
+    records: u64,
+    _root: TempDir,
+}
+
+fn build(records: u64) -> Fixture {
+    let root = tempfile::Builder::new()
+        .prefix("read-")
+        .tempdir_in(bench_root())
+        .expect("create a temporary directory");
+    let dir = root.path().join("log");
+    let config = Config::default()
+        .retention_age(None)
+        .retention_bytes(None)
+        .durability(Durability::None);
+    let log = Log::open(&dir, config.clone()).expect("open");
+    let partition = log.partition(0).expect("partition 0");
+    let mut rng = SplitMix64(0x5EED_0002);
+    let start_ms = 1_700_000_000_000;
+    let mut written = 0u64;
+    while written < records {
+        let n = (records - written).min(BATCH_RECORDS as u64);
+        let batch: Vec<Record> = (written..written + n)
+            .map(|i| Record::new(log_line(&mut rng, start_ms + i)))
+            .collect();
+        partition.append(&batch).expect("append");
+        written += n;
+    }
+    log.close().expect("close");
+    let log = Log::open(&dir, config).expect("reopen");
+    let partition = log.partition(0).expect("partition 0");
+    assert_eq!(partition.end_offset(), records);
+    println!(
+        "read bench: {records} records, {} bytes in {} segment(s)",
+        partition.size_bytes(),
+        partition.segment_count()
+    );
+    Fixture {
+        _log: log,
+        partition,
+        records,
+        _root: root,
+    }
+}
+
+fn scans(c: &mut Criterion, fixture: &Fixture) {
+    let partition = &fixture.partition;
+    let records = fixture.records;
+    let mut group = c.benchmark_group("scan");
+    group.throughput(Throughput::Elements(records));
+    group.bench_function("reader", |b| {
+        b.iter(|| {
+            let mut count = 0u64;
+            for record in partition.reader(0) {
+                black_box(record.expect("read"));
+                count += 1;
+            }
+            assert_eq!(count, records);
+        });
+    });
+    group.bench_function("read_1MiB", |b| {
+        b.iter(|| {
+            let mut offset = 0;
+            let mut count = 0u64;
+            while offset < records {
+                let chunk = partition.read(offset, CHUNK_BYTES).expect("read");
+                offset = chunk.last().expect("at least one record").offset + 1;
+                count += chunk.len() as u64;
+                black_box(chunk);
+            }
+            assert_eq!(count, records);
+        });
+    });
+    group.finish();
+}
+
+fn point_reads(c: &mut Criterion, fixture: &Fixture) {
+    let partition = &fixture.partition;
+    let records = fixture.records;
+    let mut group = c.benchmark_group("point");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("reader_next", |b| {
+        let mut rng = SplitMix64(0x5EED_0003);
+        b.iter(|| {
+            let offset = rng.below(records);
+            let record = partition
+                .reader(offset)
+                .next()
+                .expect("a record")
+                .expect("read");
+            assert_eq!(record.offset, offset);
+            black_box(record)
+        });
+    });
+    group.bench_function("read_1_byte", |b| {
+        let mut rng = SplitMix64(0x5EED_0004);
+        b.iter(|| {
+            let offset = rng.below(records);
+            let chunk = partition.read(offset, 1).expect("read");
+            assert_eq!(chunk.first().expect("a record").offset, offset);
+            black_box(chunk)
+        });
+    });
+    group.finish();
+}
+
+fn reads(c: &mut Criterion) {
+    let fixture = build(record_count());
+    scans(c, &fixture);
+    point_reads(c, &fixture);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = reads
+}
+criterion_main!(benches);
