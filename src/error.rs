@@ -16,15 +16,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O operation failed.
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        /// The file or directory the operation was on.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: Arc<io::Error>,
-    },
+    /// An I/O operation failed on the file or directory at the path.
+    #[error("I/O error on {}: {}", .0.display(), .1)]
+    Io(PathBuf, #[source] Arc<io::Error>),
 
     /// Bytes on disk failed validation where the log expected durable data.
     ///
@@ -67,12 +61,10 @@ pub enum Error {
     #[error("an append needs at least one record")]
     EmptyBatch,
 
-    /// Another `Log` (in this process or another one) holds the directory.
-    #[error("the log at {path} is locked by another open Log")]
-    Locked {
-        /// The log directory.
-        path: PathBuf,
-    },
+    /// Another `Log` (in this process or another one), or an inspection,
+    /// holds the directory.
+    #[error("the log directory is locked by another open Log")]
+    Locked,
 
     /// A configuration value is invalid.
     #[error("invalid config `{field}`: {reason}")]
@@ -203,10 +195,7 @@ pub enum CorruptKind {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
-        Error::Io {
-            path: path.into(),
-            source: Arc::new(source),
-        }
+        Error::Io(path.into(), Arc::new(source))
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, position: u64, kind: CorruptKind) -> Error {

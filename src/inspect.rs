@@ -700,9 +700,7 @@ impl OfflineLog {
         let lock = FsStorage
             .try_lock(&lock_path)
             .map_err(|e| Error::io(&lock_path, e))?
-            .ok_or_else(|| Error::Locked {
-                path: dir.to_path_buf(),
-            })?;
+            .ok_or(Error::Locked)?;
         let partitions = (0..partitions)
             .map(|id| read_partition_files(dir, id))
             .collect::<Result<_>>()?;

@@ -122,9 +122,7 @@ impl Log {
         let lock = storage
             .try_lock(&lock_path)
             .map_err(io(&lock_path))?
-            .ok_or_else(|| Error::Locked {
-                path: dir.to_path_buf(),
-            })?;
+            .ok_or(Error::Locked)?;
         let meta_path = dir.join(META_FILE);
         let partitions = if storage.exists(&meta_path).map_err(io(&meta_path))? {
             let stored = read_meta(&*storage, &meta_path)?;

@@ -25,7 +25,7 @@ fn a_second_open_of_the_same_directory_is_locked() {
     let p = log.partition(0).unwrap();
     append_each(&p, 3, record);
     match Log::open(dir.path(), Config::default()) {
-        Err(Error::Locked { path }) => assert_eq!(path, dir.path()),
+        Err(Error::Locked) => {}
         other => panic!("expected Error::Locked, got {other:?}"),
     }
     assert_usable(&p);

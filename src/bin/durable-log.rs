@@ -261,10 +261,7 @@ fn run(args: &Args, out: &mut dyn Write) -> Result<Outcome, Failure> {
 fn dump(args: &Args, out: &mut dyn Write) -> Result<Outcome, Failure> {
     let path = &args.path;
     let is_file = std::fs::metadata(path)
-        .map_err(|e| Error::Io {
-            path: path.clone(),
-            source: e.into(),
-        })?
+        .map_err(|e| Error::Io(path.clone(), e.into()))?
         .is_file();
     // Held while the segments are read.
     let mut _lock = None;
