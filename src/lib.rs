@@ -61,6 +61,7 @@ mod log;
 mod metrics;
 mod partition;
 mod partitioner;
+mod poison;
 mod producer;
 mod producer_state;
 mod record;

@@ -14,6 +14,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::checkpoint::{Checkpoint, State};
 use crate::config::{Config, Durability};
 use crate::error::{CorruptKind, Error, Result};
+use crate::poison;
 use crate::producer_state::{Check, ProducerStates, SNAPSHOT_SUFFIX, last_sequence};
 use crate::record::batch::{BatchHeader, EncodedBatch, ProducerStamp, Records};
 use crate::record::{Appended, Record, StoredRecord};
@@ -53,6 +54,9 @@ impl std::fmt::Debug for Partition {
 }
 
 struct Inner {
+    /// The end of the data known to be on disk: (segment base, position).
+    /// A leaf lock, taken alone.
+    synced_point: Mutex<(u64, u64)>,
     /// Idempotent producers' recent batches; locked inside `writer`.
     producers: Mutex<ProducerStates>,
     counters: Counters,
@@ -67,7 +71,10 @@ struct Inner {
     /// The active segment; held while appending, rolling or truncating.
     writer: Mutex<Arc<Segment>>,
     /// Held by the thread that runs an fsync for everyone (group commit).
-    sync_lock: Mutex<()>,
+    /// Whether a thread holds the fsync turn (see [`SyncTurn`]); waiters
+    /// sleep on `sync_done`.
+    syncing: Mutex<bool>,
+    sync_done: Condvar,
     checkpoint: Mutex<Checkpoint>,
     end_offset: AtomicU64,
     start_offset: AtomicU64,
@@ -105,8 +112,8 @@ pub struct RecoveryReport {
     pub segments_scanned: u32,
     /// Indexes rebuilt from their segments.
     pub indexes_rebuilt: u32,
-    /// Bytes cut from a torn tail. Zeros after the last batch (space
-    /// written ahead for appends) are cut without being counted.
+    /// Bytes cut from a torn tail. A tail of nothing but zeros (space written
+    /// ahead for appends) is cut without being counted.
     pub truncated_bytes: u64,
 }
 
@@ -120,6 +127,7 @@ impl Partition {
     ) -> Result<(Partition, RecoveryReport)> {
         let opened = Instant::now();
         let mut report = RecoveryReport::default();
+        apply_poison_marker(&*storage, dir, &mut report)?;
         let names = storage.list_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut logs = BTreeSet::new();
         let mut indexes = Vec::new();
@@ -222,19 +230,22 @@ impl Partition {
             },
             true,
         )?;
+        let synced_point = (active.base_offset(), active.size());
         let inner = Inner {
             id,
             dir: dir.to_path_buf(),
             storage,
             config,
             segments: RwLock::new(Arc::new(segments)),
-            writer: Mutex::new(active),
-            sync_lock: Mutex::new(()),
+            writer: Mutex::new(active.clone()),
+            syncing: Mutex::new(false),
+            sync_done: Condvar::new(),
             checkpoint: Mutex::new(checkpoint),
             end_offset: AtomicU64::new(end),
             start_offset: AtomicU64::new(start),
             durable_offset: AtomicU64::new(end),
             truncations: AtomicU64::new(0),
+            synced_point: Mutex::new(synced_point),
             producers: Mutex::new(ProducerStates::default()),
             counters: Counters::default(),
             recovery: report.clone(),
@@ -330,9 +341,35 @@ impl Partition {
         Ok(())
     }
 
+    /// Poisons the partition after a failed write: the batches written
+    /// before it are good, so the next open cuts at the end of the last one.
     fn poison(&self, error: Error) -> Error {
-        self.inner.poisoned.store(true, Ordering::Release);
+        let written = self.snapshot().last().map(|s| (s.base_offset(), s.size()));
+        self.poison_at(error, written)
+    }
+
+    /// Poisons the partition after a failed fsync: only what earlier fsyncs
+    /// covered is known to be on disk, so the next open cuts there.
+    fn poison_sync(&self, error: Error) -> Error {
+        let synced = *self.inner.synced_point.lock();
+        self.poison_at(error, Some(synced))
+    }
+
+    fn poison_at(&self, error: Error, cut: Option<(u64, u64)>) -> Error {
+        let inner = &*self.inner;
+        if !inner.poisoned.swap(true, Ordering::AcqRel)
+            && let Some((segment, position)) = cut
+        {
+            poison::write(&*inner.storage, &inner.dir, segment, position);
+        }
         error
+    }
+
+    /// Records that every byte of segment `segment` below `position` (and of
+    /// every earlier segment) is on disk.
+    fn note_synced(&self, segment: u64, position: u64) {
+        let mut point = self.inner.synced_point.lock();
+        *point = (*point).max((segment, position));
     }
 
     /// Appends `records` as one atomic batch and returns the offsets the log
@@ -523,7 +560,7 @@ impl Partition {
     fn roll(&self, active: &mut Arc<Segment>) -> Result<()> {
         let inner = &*self.inner;
         let started = Instant::now();
-        active.seal().map_err(|e| self.poison(e))?;
+        active.seal().map_err(|e| self.poison_sync(e))?;
         inner.counters.fsynced(started.elapsed());
         stats::add(&inner.counters.rolls, 1);
         let end = inner.end_offset.load(Ordering::Relaxed);
@@ -544,6 +581,7 @@ impl Partition {
             list.push(next.clone());
             *segments = Arc::new(list);
         }
+        self.note_synced(next.base_offset(), 0);
         *active = next;
         self.write_checkpoint(active, false)?;
         self.remove_old_snapshots(end)
@@ -692,24 +730,36 @@ impl Partition {
         if inner.durable_offset.load(Ordering::Acquire) >= target {
             return Ok(());
         }
-        let _sync = inner.sync_lock.lock();
-        if inner.durable_offset.load(Ordering::Acquire) >= target {
-            return Ok(());
-        }
-        if inner.poisoned.load(Ordering::Acquire) {
-            return Err(Error::Poisoned {
-                partition: inner.id,
-            });
-        }
-        let (active, end) = {
-            let active = inner.writer.lock();
-            (active.clone(), inner.end_offset.load(Ordering::Acquire))
+        let _turn = {
+            let mut syncing = inner.syncing.lock();
+            loop {
+                if inner.durable_offset.load(Ordering::Acquire) >= target {
+                    return Ok(());
+                }
+                if inner.poisoned.load(Ordering::Acquire) {
+                    return Err(Error::Poisoned {
+                        partition: inner.id,
+                    });
+                }
+                if !*syncing {
+                    *syncing = true;
+                    break SyncTurn(self);
+                }
+                inner.sync_done.wait(&mut syncing);
+            }
         };
-        // Bytes of `active` written before `end` was read are covered.
-        let position = active.size();
+        // Everything written before the writer lock is taken here is covered
+        // by the fsync below; whoever wrote meanwhile is woken with the rest
+        // when it is done, and the next fsync covers them together.
+        let (active, end, position) = {
+            let active = inner.writer.lock();
+            let end = inner.end_offset.load(Ordering::Acquire);
+            (active.clone(), end, active.size())
+        };
         let batches = stats::get(&inner.counters.batches_appended);
         let started = Instant::now();
-        active.sync().map_err(|e| self.poison(e))?;
+        active.sync().map_err(|e| self.poison_sync(e))?;
+        self.note_synced(active.base_offset(), position);
         let counters = &inner.counters;
         counters.fsynced(started.elapsed());
         stats::add(&counters.group_commits, 1);
@@ -733,6 +783,17 @@ impl Partition {
             checkpoint.write(state, false).map_err(|e| self.poison(e))?;
         }
         Ok(())
+    }
+
+    /// Waits for the fsync turn and takes it, so that no fsync runs while a
+    /// truncation or a close changes the files.
+    fn exclusive_sync_turn(&self) -> SyncTurn<'_> {
+        let mut syncing = self.inner.syncing.lock();
+        while *syncing {
+            self.inner.sync_done.wait(&mut syncing);
+        }
+        *syncing = true;
+        SyncTurn(self)
     }
 
     /// Reads the records from `offset` on, in whole batches of at most
@@ -938,7 +999,7 @@ impl Partition {
     /// [`Error::Closed`].
     pub fn truncate_to(&self, offset: u64) -> Result<()> {
         let inner = &*self.inner;
-        let _sync = inner.sync_lock.lock();
+        let _turn = self.exclusive_sync_turn();
         let mut active = inner.writer.lock();
         self.check_writable()?;
         if offset >= inner.end_offset.load(Ordering::Acquire) {
@@ -952,13 +1013,15 @@ impl Partition {
         } else {
             self.truncate_within(&segments, keep, offset)
         };
-        let new_list = result.map_err(|e| self.poison(e))?;
+        let new_list = result.map_err(|e| self.poison_sync(e))?;
         let last = new_list
             .last()
             .expect("a partition keeps a segment")
             .clone();
         *inner.segments.write() = Arc::new(new_list);
         *active = last.clone();
+        // The truncation left every kept byte synced.
+        *inner.synced_point.lock() = (last.base_offset(), last.size());
         inner.end_offset.store(offset, Ordering::Release);
         inner.durable_offset.store(offset, Ordering::Release);
         inner.truncations.fetch_add(1, Ordering::AcqRel);
@@ -1074,6 +1137,16 @@ impl Partition {
             .storage
             .rename(&temp, &path)
             .map_err(|e| Error::io(&path, e))?;
+        // Readers may still map the old indexes: unlink them (the mappings
+        // keep their files alive) so the rebuild writes new files instead of
+        // shrinking mapped ones under the readers.
+        for index in [&segment.index_path(), &segment.time_index_path()] {
+            match inner.storage.remove_file(index) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(index, e)),
+            }
+        }
         self.sync_dir()?;
         let len = inner
             .storage
@@ -1267,7 +1340,7 @@ impl Partition {
     /// the next open reads no segment data. Further calls are no-ops.
     pub(crate) fn close(&self) -> Result<()> {
         let inner = &*self.inner;
-        let _sync = inner.sync_lock.lock();
+        let _turn = self.exclusive_sync_turn();
         let active = inner.writer.lock();
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -1280,7 +1353,7 @@ impl Partition {
             });
         }
         let started = Instant::now();
-        active.seal()?;
+        active.seal().map_err(|e| self.poison_sync(e))?;
         inner.counters.fsynced(started.elapsed());
         let end = self.end_offset();
         self.write_producer_snapshot(end)?;
@@ -1315,6 +1388,66 @@ impl Partition {
     pub(crate) fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)
     }
+}
+
+/// Row 11 of the recovery table: a partition that failed a write or an
+/// fsync left a marker of where its data was last known good. Cut the named
+/// segment there and remove later segments, before anything else looks at
+/// the files; bytes past the cut may be readable now yet never reach the
+/// disk.
+fn apply_poison_marker(
+    storage: &dyn Storage,
+    dir: &Path,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    let Some((segment, position)) = poison::read(storage, dir).map_err(|e| Error::io(dir, e))?
+    else {
+        let marker = dir.join(poison::FILE_NAME);
+        if storage.exists(&marker).map_err(|e| Error::io(&marker, e))? {
+            storage
+                .remove_file(&marker)
+                .map_err(|e| Error::io(&marker, e))?;
+        }
+        return Ok(());
+    };
+    let names = storage.list_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for name in &names {
+        let base = match recovery::classify(name) {
+            recovery::Entry::Log(base) | recovery::Entry::Index(base) => base,
+            _ => continue,
+        };
+        if base > segment {
+            let path = dir.join(name);
+            if name.ends_with(segment::LOG_SUFFIX) {
+                let len = storage
+                    .open(&path, false)
+                    .and_then(|f| f.len())
+                    .map_err(|e| Error::io(&path, e))?;
+                report.truncated_bytes += len;
+            }
+            storage
+                .remove_file(&path)
+                .map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    let path = dir.join(segment::file_name(segment, segment::LOG_SUFFIX));
+    if storage.exists(&path).map_err(|e| Error::io(&path, e))? {
+        let file = storage
+            .open(&path, false)
+            .map_err(|e| Error::io(&path, e))?;
+        let len = file.len().map_err(|e| Error::io(&path, e))?;
+        // Cut and sync even when the file already looks cut: the length it
+        // shows may be one whose fsync failed, which need not be on disk.
+        file.set_len(position).map_err(|e| Error::io(&path, e))?;
+        file.sync_data().map_err(|e| Error::io(&path, e))?;
+        report.truncated_bytes += len.saturating_sub(position);
+    }
+    let marker = dir.join(poison::FILE_NAME);
+    storage.sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    storage
+        .remove_file(&marker)
+        .map_err(|e| Error::io(&marker, e))?;
+    storage.sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Opens one segment at startup by the recovery table.
@@ -1462,10 +1595,12 @@ fn scan_segment(
                 match recovery::invalid_batch(is_last, position, synced_position) {
                     BatchDecision::Fail => return Err(error),
                     BatchDecision::TruncateTail => {
-                        // Zeros to the end are space written ahead for
-                        // appends, not a torn batch: cut, but not reported.
-                        let zeros = is_zero_tail(&*log, position, file_len)
-                            .map_err(|e| Error::io(&log_path, e))?;
+                        // Nothing but zeros after the last batch is space
+                        // written ahead for appends, not torn data: cut, but
+                        // not counted.
+                        let zeros = end_of_nonzero(&*log, position, file_len)
+                            .map_err(|e| Error::io(&log_path, e))?
+                            == position;
                         log.set_len(position).map_err(|e| Error::io(&log_path, e))?;
                         log.sync_data().map_err(|e| Error::io(&log_path, e))?;
                         if !zeros {
@@ -1484,23 +1619,25 @@ fn scan_segment(
     Ok(segment)
 }
 
-/// True if every byte of `file` from `position` to `end` is zero.
-fn is_zero_tail(
+/// The position after the last non-zero byte of `file` in
+/// `position..end`, or `position` if they are all zero.
+fn end_of_nonzero(
     file: &dyn crate::storage::StorageFile,
     position: u64,
     end: u64,
-) -> std::io::Result<bool> {
+) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut at = position;
+    let mut last = position;
     while at < end {
         let n = (end - at).min(buf.len() as u64) as usize;
         crate::storage::read_exact_at(file, &mut buf[..n], at)?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
+        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+            last = at + i as u64 + 1;
         }
         at += n as u64;
     }
-    Ok(true)
+    Ok(last)
 }
 
 /// Rows 2 and 3: an index checks out when its entries increase, point
@@ -1550,6 +1687,19 @@ fn indexes_check_out(
         previous = Some(entry);
     }
     true
+}
+
+/// The right to run an fsync (or to change files under the syncers). When
+/// it ends, every thread waiting for an fsync wakes: those it covered
+/// return, and one of the others takes the next turn.
+struct SyncTurn<'a>(&'a Partition);
+
+impl Drop for SyncTurn<'_> {
+    fn drop(&mut self) {
+        let inner = &*self.0.inner;
+        *inner.syncing.lock() = false;
+        inner.sync_done.notify_all();
+    }
 }
 
 /// Walks batches across segments, following rolls, truncations and
@@ -1748,6 +1898,84 @@ mod tests {
 
     use crate::storage::sim::SimStorage;
     use crate::{Config, Log, Producer, ProducerConfig, Record};
+
+    /// Row 11: after an fsync fails, the failed batch stays readable in the
+    /// page cache yet may never reach the disk. The next open (in the same
+    /// boot, so those bytes are still there) must cut it, so that later
+    /// acknowledged appends do not sit behind a hole after a power loss.
+    #[test]
+    fn row11_a_failed_fsync_is_cut_at_the_next_open() {
+        use crate::storage::sim::Fault;
+        for seed in 0..16 {
+            let sim = SimStorage::new(seed);
+            let dir = Path::new("/log");
+            let config = Config::default().max_index_bytes(1024);
+            let open =
+                || Log::open_with_storage(dir, config.clone(), Arc::new(sim.clone())).unwrap();
+            let log = open();
+            let p = log.partition(0).unwrap();
+            for i in 0..5 {
+                p.append(&[Record::new(format!("acked {i}"))]).unwrap();
+            }
+            sim.fail_after(1, Fault::SyncFails);
+            assert!(p.append(&[Record::new("failed")]).is_err());
+            assert!(matches!(
+                p.append(&[Record::new("refused")]),
+                Err(crate::Error::Poisoned { .. })
+            ));
+            drop(log);
+            // Reopen without a crash: the failed batch is still readable.
+            let log = open();
+            let p = log.partition(0).unwrap();
+            assert_eq!(p.end_offset(), 5, "seed {seed}: the failed batch is cut");
+            for i in 5..8 {
+                p.append(&[Record::new(format!("acked {i}"))]).unwrap();
+            }
+            sim.crash();
+            drop(log);
+            let log = open();
+            let p = log.partition(0).unwrap();
+            let values: Vec<_> = p.reader(0).map(|r| r.unwrap().value.unwrap()).collect();
+            let expected: Vec<_> = (0..8)
+                .map(|i| bytes::Bytes::from(format!("acked {i}")))
+                .collect();
+            assert_eq!(values, expected, "seed {seed}");
+        }
+    }
+
+    /// Readers that hold the segment list from before a truncation keep
+    /// using the old index files; rebuilding the indexes of the cut segment
+    /// must not shrink those files under them (that was a SIGBUS).
+    #[test]
+    fn truncation_never_shrinks_files_readers_have_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(
+            dir.path(),
+            Config::default().durability(crate::Durability::None),
+        )
+        .unwrap();
+        let p = log.partition(0).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Errors (an offset cut meanwhile) are fine; a fault is not.
+                        let _ = p.read(p.end_offset() / 2, 64);
+                    }
+                });
+            }
+            for _ in 0..40 {
+                for _ in 0..5 {
+                    let batch: Vec<_> = (0..200).map(|i| Record::new(format!("r{i}"))).collect();
+                    p.append(&batch).unwrap();
+                }
+                p.truncate_to(p.end_offset() - 150).unwrap();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert_eq!(p.end_offset(), 40 * 850);
+    }
 
     /// A clean open trusts the checkpoint and the indexes: it reads no byte
     /// of any batch. Garbling every batch byte after a clean close proves it,

@@ -16,6 +16,7 @@
 //! | 8 | no valid checkpoint | every segment but the last is synced (rows 2, 3, 6); the last is scanned with nothing known synced | `row8_no_checkpoint` |
 //! | 9 | an index file without its log file, or a leftover temporary file of an interrupted rewrite | delete it | `row9_leftovers_are_removed` |
 //! | 10 | a file whose name is not one of the log's | leave it alone | `row10_foreign_files_are_ignored` |
+//! | 11 | a poison marker left by a failed write or fsync | before anything else, cut the named segment at the marked position and remove later segments | `partition::tests::row11_a_failed_fsync_is_cut_at_the_next_open` |
 
 /// How to open one segment (rows 1 to 4 and 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -402,19 +402,20 @@ impl Records {
         }
     }
 
-    fn body(&mut self) -> Result<Bytes, CorruptKind> {
-        if let Some(body) = &self.body {
-            return Ok(body.clone());
+    /// Decompresses the records block the first time it is needed.
+    fn load_body(&mut self) -> Result<(), CorruptKind> {
+        if self.body.is_none() {
+            let body = codec::decompress(self.header.codec(), &self.batch[HEADER_BYTES..])?;
+            self.body = Some(body);
+            self.batch = Bytes::new();
         }
-        let body = codec::decompress(self.header.codec(), &self.batch[HEADER_BYTES..])?;
-        self.body = Some(body.clone());
-        self.batch = Bytes::new();
-        Ok(body)
+        Ok(())
     }
 
     fn decode_one(&mut self) -> Result<StoredRecord, CorruptKind> {
         let bad = CorruptKind::Record;
-        let body = self.body()?;
+        self.load_body()?;
+        let body = self.body.as_ref().expect("loaded above");
         let buf = &body[..];
         let (length, n) = varint::get_u64(&buf[self.position..]).ok_or(bad("record length"))?;
         let start = self.position + n;
@@ -434,8 +435,8 @@ impl Records {
         {
             return Err(bad("offset delta out of order"));
         }
-        let key = cursor.bytes(&body).ok_or(bad("key"))?;
-        let value = cursor.bytes(&body).ok_or(bad("value"))?;
+        let key = cursor.bytes(body).ok_or(bad("key"))?;
+        let value = cursor.bytes(body).ok_or(bad("value"))?;
         let header_count = cursor.u64().ok_or(bad("header count"))?;
         // Every header takes at least two bytes, which bounds the allocation.
         if header_count > (end - cursor.at) as u64 / 2 {
@@ -448,7 +449,7 @@ impl Records {
             let key = std::str::from_utf8(key)
                 .map_err(|_| bad("header key is not UTF-8"))?
                 .to_owned();
-            let value = cursor.bytes(&body).ok_or(bad("header value"))?;
+            let value = cursor.bytes(body).ok_or(bad("header value"))?;
             headers.push(Header { key, value });
         }
         if cursor.at != end {

@@ -261,6 +261,14 @@ impl Segment {
         &self.log_path
     }
 
+    pub(crate) fn index_path(&self) -> PathBuf {
+        self.index.path().to_path_buf()
+    }
+
+    pub(crate) fn time_index_path(&self) -> PathBuf {
+        self.time_index.path().to_path_buf()
+    }
+
     pub(crate) fn log_file(&self) -> &Arc<dyn StorageFile> {
         &self.log
     }
@@ -526,9 +534,9 @@ impl Segment {
         if let Some((_, entry)) = entry
             && position < size
         {
-            let names_its_batch = self
-                .read_header(position)
-                .is_ok_and(|h| h.base_offset == self.base_offset + u64::from(entry.relative_offset));
+            let names_its_batch = self.read_header(position).is_ok_and(|h| {
+                h.base_offset == self.base_offset + u64::from(entry.relative_offset)
+            });
             if !names_its_batch {
                 position = 0;
             }

@@ -185,10 +185,35 @@ enum CrashMode {
 
 /// A deterministic, in-memory simulated disk; see the [module docs](self).
 ///
-/// Cloning is cheap and yields a handle to the same disk.
-#[derive(Clone)]
+/// Cloning is cheap and yields a handle to the same disk, bound to the
+/// current boot: give a clone to the code under test. After a crash, a
+/// clone made before it refuses every operation, as a crashed process can
+/// do nothing to the disk of the next boot. The handle made by
+/// [`SimStorage::new`] belongs to the test and is never bound.
 pub struct SimStorage {
     state: Arc<Mutex<State>>,
+    /// The boot (crash epoch) this handle belongs to; `None` for the test's own.
+    boot: Option<u64>,
+}
+
+impl SimStorage {
+    /// A handle bound to `boot`, made while the state is already locked.
+    fn handle_for_boot(&self, boot: u64) -> SimStorage {
+        SimStorage {
+            state: self.state.clone(),
+            boot: Some(boot),
+        }
+    }
+}
+
+impl Clone for SimStorage {
+    fn clone(&self) -> Self {
+        let boot = self.state.lock().epoch;
+        SimStorage {
+            state: self.state.clone(),
+            boot: Some(boot),
+        }
+    }
 }
 
 impl fmt::Debug for SimStorage {
@@ -612,6 +637,7 @@ impl SimStorage {
     pub fn new(seed: u64) -> SimStorage {
         SimStorage {
             state: Arc::new(Mutex::new(State::new(seed))),
+            boot: None,
         }
     }
 
@@ -716,16 +742,19 @@ impl SimStorage {
     }
 
     /// Locks the state and counts one operation.
-    fn op(&self) -> parking_lot::MutexGuard<'_, State> {
+    fn op(&self) -> io::Result<parking_lot::MutexGuard<'_, State>> {
         let mut st = self.state.lock();
         st.ops += 1;
-        st
+        if self.boot.is_some_and(|boot| boot != st.epoch) {
+            return Err(stale());
+        }
+        Ok(st)
     }
 }
 
 impl Storage for SimStorage {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        let mut st = self.op();
+        let mut st = self.op()?;
         let path = normalize(path)?;
         let mut ancestors: Vec<&Path> = path.ancestors().collect();
         ancestors.reverse();
@@ -746,7 +775,7 @@ impl Storage for SimStorage {
     }
 
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn StorageFile>> {
-        let mut st = self.op();
+        let mut st = self.op()?;
         let path = normalize(path)?;
         if st.dirs.contains_key(&path) {
             return Err(io::ErrorKind::IsADirectory.into());
@@ -755,14 +784,14 @@ impl Storage for SimStorage {
         let inode = st.inodes.get_mut(&ino).ok_or_else(not_found)?;
         inode.handles += 1;
         Ok(Arc::new(SimFile {
-            storage: self.clone(),
+            storage: self.handle_for_boot(st.epoch),
             ino,
             epoch: st.epoch,
         }))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        let mut st = self.op();
+        let mut st = self.op()?;
         let path = normalize(path)?;
         st.file_inode(&path)?;
         let (parent, name) = split(&path)?;
@@ -772,7 +801,7 @@ impl Storage for SimStorage {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut st = self.op();
+        let mut st = self.op()?;
         let from = normalize(from)?;
         let to = normalize(to)?;
         let ino = match st.lookup(&from) {
@@ -801,7 +830,7 @@ impl Storage for SimStorage {
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
-        let st = self.op();
+        let st = self.op()?;
         let path = normalize(path)?;
         st.require_dir(&path)?;
         Ok(st
@@ -812,19 +841,19 @@ impl Storage for SimStorage {
     }
 
     fn exists(&self, path: &Path) -> io::Result<bool> {
-        let st = self.op();
+        let st = self.op()?;
         let path = normalize(path)?;
         Ok(st.lookup(&path).is_some())
     }
 
     fn is_dir(&self, path: &Path) -> io::Result<bool> {
-        let st = self.op();
+        let st = self.op()?;
         let path = normalize(path)?;
         Ok(st.dirs.contains_key(&path))
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        let mut st = self.op();
+        let mut st = self.op()?;
         let path = normalize(path)?;
         st.require_dir(&path)?;
         st.check_fault(OpKind::Sync)?;
@@ -837,7 +866,7 @@ impl Storage for SimStorage {
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn LockGuard>>> {
-        let mut st = self.op();
+        let mut st = self.op()?;
         let path = normalize(path)?;
         if st.dirs.contains_key(&path) {
             return Err(io::ErrorKind::IsADirectory.into());
@@ -850,7 +879,7 @@ impl Storage for SimStorage {
         let id = st.next_lock;
         st.locks.insert(path.clone(), id);
         Ok(Some(Box::new(SimLock {
-            storage: self.clone(),
+            storage: self.handle_for_boot(st.epoch),
             path,
             id,
         })))
@@ -870,7 +899,7 @@ impl SimFile {
     /// Runs `f` on this file's inode, counting one operation; fails if the
     /// handle is stale.
     fn with<T>(&self, f: impl FnOnce(&mut State, u64) -> io::Result<T>) -> io::Result<T> {
-        let mut st = self.storage.op();
+        let mut st = self.storage.op()?;
         if st.epoch != self.epoch || !st.inodes.contains_key(&self.ino) {
             return Err(stale());
         }
