@@ -118,12 +118,17 @@ impl Log {
                 reason: "not a directory".into(),
             });
         }
+        // A directory that holds something else is refused before anything
+        // (even the lock file) is created in it; checked again under the lock.
+        let meta_path = dir.join(META_FILE);
+        if !storage.exists(&meta_path).map_err(io(&meta_path))? {
+            refuse_foreign(&*storage, dir)?;
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = storage
             .try_lock(&lock_path)
             .map_err(io(&lock_path))?
             .ok_or(Error::Locked)?;
-        let meta_path = dir.join(META_FILE);
         let partitions = if storage.exists(&meta_path).map_err(io(&meta_path))? {
             let stored = read_meta(&*storage, &meta_path)?;
             if config.partitions < stored {
@@ -137,23 +142,7 @@ impl Log {
             }
             config.partitions
         } else {
-            let foreign: Vec<String> = storage
-                .list_dir(dir)
-                .map_err(io(dir))?
-                .into_iter()
-                .filter(|name| {
-                    name != LOCK_FILE && name != META_TEMP_FILE && !name.starts_with("producer-ids")
-                })
-                .collect();
-            if !foreign.is_empty() {
-                return Err(Error::NotALog {
-                    path: dir.to_path_buf(),
-                    reason: format!(
-                        "no `{META_FILE}` file, and the directory holds {}",
-                        foreign.join(", ")
-                    ),
-                });
-            }
+            refuse_foreign(&*storage, dir)?;
             write_meta(&*storage, dir, config.partitions)?;
             config.partitions
         };
@@ -408,22 +397,55 @@ fn spawn_background(inner: Arc<Inner>, stopped: mpsc::Receiver<()>) -> Result<Jo
         .map_err(|e| Error::io(dir, e))
 }
 
+/// Refuses a directory without metadata that holds anything but what a log
+/// being created leaves behind.
+fn refuse_foreign(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let foreign: Vec<String> = storage
+        .list_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .into_iter()
+        .filter(|name| {
+            name != LOCK_FILE && name != META_TEMP_FILE && !name.starts_with("producer-ids")
+        })
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NotALog {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "no `{META_FILE}` file, and the directory holds {}",
+            foreign.join(", ")
+        ),
+    })
+}
+
 fn read_meta(storage: &dyn Storage, path: &Path) -> Result<u32> {
     let file = storage.open(path, false).map_err(|e| Error::io(path, e))?;
     let len = file.len().map_err(|e| Error::io(path, e))?;
-    if len != META_BYTES as u64 {
-        return Err(Error::NotALog {
-            path: path.to_path_buf(),
-            reason: format!("metadata is {len} bytes, not {META_BYTES}"),
-        });
-    }
+    let not_a_log = |reason: String| Error::NotALog {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // Magic, then version, before anything whose layout a newer version
+    // may change: a newer log is refused as such, not as damaged.
     let mut buf = [0u8; META_BYTES];
-    read_exact_at(&*file, &mut buf, 0).map_err(|e| Error::io(path, e))?;
-    if buf[META_MAGIC_OFFSET..META_MAGIC_OFFSET + 8] != META_MAGIC {
-        return Err(Error::NotALog {
-            path: path.to_path_buf(),
-            reason: "metadata has the wrong magic".into(),
-        });
+    let head = usize::try_from(len).map_or(META_BYTES, |len| len.min(META_BYTES));
+    read_exact_at(&*file, &mut buf[..head], 0).map_err(|e| Error::io(path, e))?;
+    if head < META_VERSION_OFFSET + 1 || buf[META_MAGIC_OFFSET..META_MAGIC_OFFSET + 8] != META_MAGIC
+    {
+        return Err(not_a_log("metadata has the wrong magic".into()));
+    }
+    let version = buf[META_VERSION_OFFSET];
+    if version != META_VERSION {
+        return Err(not_a_log(format!(
+            "format version {version}; this build reads version {META_VERSION}"
+        )));
+    }
+    if len != META_BYTES as u64 {
+        return Err(not_a_log(format!(
+            "metadata is {len} bytes, not {META_BYTES}"
+        )));
     }
     let stored = u32::from_le_bytes(
         buf[META_CRC_OFFSET..META_CRC_OFFSET + 4]
@@ -438,12 +460,12 @@ fn read_meta(storage: &dyn Storage, path: &Path) -> Result<u32> {
             CorruptKind::Checksum { stored, computed },
         ));
     }
-    let version = buf[META_VERSION_OFFSET];
-    if version != META_VERSION {
-        return Err(Error::NotALog {
-            path: path.to_path_buf(),
-            reason: format!("format version {version}; this build reads version {META_VERSION}"),
-        });
+    if buf[META_VERSION_OFFSET + 1..META_PARTITIONS_OFFSET] != [0; 3] {
+        return Err(Error::corrupt(
+            path,
+            META_VERSION_OFFSET as u64 + 1,
+            CorruptKind::Metadata("reserved bytes are not zero"),
+        ));
     }
     let partitions = u32::from_le_bytes(
         buf[META_PARTITIONS_OFFSET..META_PARTITIONS_OFFSET + 4]

@@ -381,3 +381,36 @@ fn closing_the_log_wakes_a_waiting_reader() {
     log.close().unwrap();
     assert!(matches!(waiter.join().unwrap(), Err(Error::Closed)));
 }
+
+#[test]
+fn a_newer_format_of_another_size_is_refused_by_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    Log::open(dir.path(), Config::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    let meta = dir.path().join("meta");
+    let mut bytes = std::fs::read(&meta).unwrap();
+    bytes[8] = 2;
+    bytes.extend_from_slice(&[0u8; 12]);
+    std::fs::write(&meta, &bytes).unwrap();
+    match Log::open(dir.path(), Config::default()) {
+        Err(Error::NotALog { reason, .. }) => assert!(reason.contains("version 2"), "{reason}"),
+        other => panic!("expected NotALog naming the version, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_refused_foreign_directory_is_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    assert!(matches!(
+        Log::open(dir.path(), Config::default()),
+        Err(Error::NotALog { .. })
+    ));
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["notes.txt"]);
+}
