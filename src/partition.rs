@@ -817,7 +817,7 @@ impl Partition {
                 break;
             }
             bytes += batch.len();
-            for record in Records::new(header, batch) {
+            for record in Records::new(header, batch).skip_before(offset) {
                 let record =
                     record.map_err(|kind| Error::corrupt(cursor.path(), position, kind))?;
                 if record.offset >= offset {
@@ -1876,7 +1876,8 @@ impl Iterator for Reader {
                 Ok(Some((header, batch, position))) => {
                     // A batch's first wanted offset may lie in a gap after
                     // compaction or truncation: skip to it.
-                    self.records = Some((Records::new(header, batch), position));
+                    let records = Records::new(header, batch).skip_before(self.next_offset);
+                    self.records = Some((records, position));
                 }
                 Ok(None) => {
                     // Come back from the same place next time.

@@ -466,6 +466,49 @@ impl Records {
         })
     }
 
+    /// Moves to the first record whose offset is at least `offset`. The
+    /// records before it are stepped over by their length prefixes, still
+    /// bounds-checked, without being built; a malformed one stops the skip
+    /// and is reported by the next call to `next`.
+    pub(crate) fn skip_before(mut self, offset: u64) -> Records {
+        if offset <= self.header.base_offset || self.load_body().is_err() {
+            return self;
+        }
+        let body = self.body.clone().expect("loaded above");
+        while self.remaining > 0 {
+            let Some(rest) = body.get(self.position..) else {
+                break;
+            };
+            let Some((length, n)) = varint::get_u64(rest) else {
+                break;
+            };
+            let start = self.position + n;
+            let Some(end) = usize::try_from(length)
+                .ok()
+                .and_then(|len| start.checked_add(len))
+                .filter(|&end| end <= body.len())
+            else {
+                break;
+            };
+            let record = &body[start..end];
+            let Some((_, ts_len)) = varint::get_i64(record) else {
+                break;
+            };
+            let Some((delta, _)) = varint::get_u64(&record[ts_len..]) else {
+                break;
+            };
+            let in_order = delta <= u64::from(self.header.last_offset_delta)
+                && self.previous_delta.is_none_or(|p| delta > p);
+            if !in_order || self.header.base_offset + delta >= offset {
+                break;
+            }
+            self.position = end;
+            self.previous_delta = Some(delta);
+            self.remaining -= 1;
+        }
+        self
+    }
+
     fn body_len(&self) -> usize {
         self.body.as_ref().map_or(0, Bytes::len)
     }
@@ -618,6 +661,22 @@ mod tests {
         batch.compress(Compression::Lz4);
         assert_eq!(batch.bytes(), &before[..]);
         assert_eq!(batch.header().codec(), codec::CODEC_NONE);
+    }
+
+    #[test]
+    fn skipping_lands_on_the_first_wanted_record() {
+        let records: Vec<Record> = (0..10).map(|i| Record::new(format!("v{i}"))).collect();
+        let mut batch = EncodedBatch::encode(&records, 0, 1 << 20).unwrap();
+        let bytes = Bytes::copy_from_slice(batch.seal(100));
+        let header = verify_batch(&bytes, 1 << 20).unwrap();
+        for wanted in [0, 100, 101, 105, 109, 110, 500] {
+            let offsets: Vec<u64> = Records::new(header, bytes.clone())
+                .skip_before(wanted)
+                .map(|r| r.unwrap().offset)
+                .collect();
+            let expected: Vec<u64> = (100..110).filter(|&o| o >= wanted).collect();
+            assert_eq!(offsets, expected, "from {wanted}");
+        }
     }
 
     #[test]
