@@ -57,6 +57,7 @@ pub mod inspect;
 #[cfg(feature = "internals")]
 pub mod internals;
 mod log;
+pub mod offsets;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod partition;

@@ -210,7 +210,11 @@ fn garbage_appended_to_the_last_segment_is_truncated_away() {
         assert_eq!(report.segments_scanned, 1, "only the last segment");
         // Zeros past the data look like space written ahead for appends:
         // they are cut but not counted as a torn tail.
-        let torn = if garbage.iter().all(|&b| b == 0) { 0 } else { garbage.len() as u64 };
+        let torn = if garbage.iter().all(|&b| b == 0) {
+            0
+        } else {
+            garbage.len() as u64
+        };
         assert_eq!(report.truncated_bytes, torn);
         assert_eq!(file_len(&last), clean_len);
         assert_intact(&log, &written);

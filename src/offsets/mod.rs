@@ -1,0 +1,1 @@
+//! Consumer offsets and consumers (in progress).
