@@ -684,9 +684,23 @@ impl Partition {
             // A damaged batch ends the replay rather than the open: reads
             // report it where it is, and producers whose batches lie past it
             // lose only the memory of those batches.
-            let mut cursor = BatchCursor::seek(self, start)?;
-            while let Ok(Some((header, _, _))) = cursor.next_batch() {
-                state.replay(&header);
+            // Headers are enough: the open checked the batches it had to.
+            for segment in self.snapshot().iter().filter(|s| s.next_offset() > start) {
+                let Ok(mut position) = segment.position_of(start) else {
+                    break;
+                };
+                let mut damaged = false;
+                while position < segment.size() {
+                    let Ok(header) = segment.read_header(position) else {
+                        damaged = true;
+                        break;
+                    };
+                    state.replay(&header);
+                    position += u64::from(header.batch_length);
+                }
+                if damaged {
+                    break;
+                }
             }
         }
         *self.inner.producers.lock() = state;
@@ -1565,7 +1579,8 @@ fn scan_segment(
     while position < file_len {
         let checked = segment
             .read_batch_within(position, file_len)
-            .and_then(|(header, _)| {
+            .map(|(header, _)| header)
+            .and_then(|header| {
                 if header.base_offset < expected {
                     Err(Error::corrupt(
                         &log_path,

@@ -474,7 +474,7 @@ impl Segment {
     }
 
     /// As [`Segment::read_header`], for a batch that must end by `size`.
-    fn read_header_within(&self, position: u64, size: u64) -> Result<BatchHeader> {
+    pub(crate) fn read_header_within(&self, position: u64, size: u64) -> Result<BatchHeader> {
         let corrupt = |kind| Error::corrupt(&self.log_path, position, kind);
         if position + HEADER_BYTES as u64 > size {
             return Err(corrupt(CorruptKind::Truncated {
