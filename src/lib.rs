@@ -57,9 +57,9 @@ pub mod inspect;
 #[cfg(feature = "internals")]
 pub mod internals;
 mod log;
-pub mod offsets;
 #[cfg(feature = "metrics")]
 mod metrics;
+pub mod offsets;
 mod partition;
 mod partitioner;
 mod poison;
