@@ -57,14 +57,6 @@ use crate::storage::{FsStorage, LockGuard, Storage};
 // The metadata file, as `Log::open` writes it (see FORMAT.md).
 const META_FILE: &str = "meta";
 const LOCK_FILE: &str = "lock";
-const META_MAGIC: [u8; 8] = *b"DURALOG\0";
-const META_VERSION: u8 = 1;
-const META_MAGIC_OFFSET: usize = 0;
-const META_VERSION_OFFSET: usize = META_MAGIC_OFFSET + 8;
-const META_PARTITIONS_OFFSET: usize = META_VERSION_OFFSET + 4;
-const META_CRC_OFFSET: usize = META_PARTITIONS_OFFSET + 4;
-const META_BYTES: usize = META_CRC_OFFSET + 4;
-const _: () = assert!(META_BYTES == 20);
 
 /// Bytes read ahead from a segment file at a time.
 const WINDOW_BYTES: usize = 1 << 20;
@@ -371,6 +363,21 @@ impl SegmentFile {
         Ok(&self.window[..len])
     }
 
+    /// True if every byte from `position` to the end of the file is zero:
+    /// space written ahead for appends, which ends the data as the end of
+    /// the file would (the log cuts it without counting it as torn).
+    fn zeros_from(&mut self, position: u64) -> Result<bool> {
+        let mut at = position;
+        while at < self.len {
+            let len = (self.len - at).min(WINDOW_BYTES as u64) as usize;
+            if self.bytes(at, len)?.iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += len as u64;
+        }
+        Ok(true)
+    }
+
     /// The header at `position`, checked against the file's bounds but not
     /// against the checksum.
     fn header_at(
@@ -538,6 +545,7 @@ impl SegmentBatches {
         let position = self.position;
         let (header, bytes) = match self.file.batch_at(position, true)? {
             Found::Batch(header, bytes) => (header, bytes.expect("asked for the bytes")),
+            Found::Invalid(_, None) if self.file.zeros_from(position)? => return Ok(None),
             Found::Invalid(kind, header) => {
                 let info = header.map(|h| BatchInfo::from_header(&h, position, false));
                 return self.stop(kind, info);
@@ -742,57 +750,14 @@ fn read_partition_count(dir: &Path) -> Result<u32> {
         });
     }
     let path = dir.join(META_FILE);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Error::NotALog {
-                path: dir.to_path_buf(),
-                reason: format!("no `{META_FILE}` file"),
-            });
-        }
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-    if len != META_BYTES as u64 {
+    if !path.exists() {
         return Err(Error::NotALog {
-            path,
-            reason: format!("metadata is {len} bytes, not {META_BYTES}"),
+            path: dir.to_path_buf(),
+            reason: format!("no `{META_FILE}` file"),
         });
     }
-    let mut buf = [0u8; META_BYTES];
-    file.read_exact_at(&mut buf, 0)
-        .map_err(|e| Error::io(&path, e))?;
-    if buf[META_MAGIC_OFFSET..META_MAGIC_OFFSET + 8] != META_MAGIC {
-        return Err(Error::NotALog {
-            path,
-            reason: "metadata has the wrong magic".into(),
-        });
-    }
-    let u32_at = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
-    let stored = u32_at(META_CRC_OFFSET);
-    let computed = crc32fast::hash(&buf[..META_CRC_OFFSET]);
-    if stored != computed {
-        return Err(Error::corrupt(
-            path,
-            META_CRC_OFFSET as u64,
-            CorruptKind::Checksum { stored, computed },
-        ));
-    }
-    let version = buf[META_VERSION_OFFSET];
-    if version != META_VERSION {
-        return Err(Error::NotALog {
-            path,
-            reason: format!("format version {version}; this build reads version {META_VERSION}"),
-        });
-    }
-    match u32_at(META_PARTITIONS_OFFSET) {
-        0 => Err(Error::corrupt(
-            path,
-            META_PARTITIONS_OFFSET as u64,
-            CorruptKind::Metadata("zero partitions"),
-        )),
-        n => Ok(n),
-    }
+    // The same checks, in the same order, as `Log::open`.
+    crate::log::read_meta(&FsStorage, &path)
 }
 
 fn read_partition_files(dir: &Path, id: u32) -> Result<PartitionFiles> {

@@ -420,7 +420,7 @@ fn refuse_foreign(storage: &dyn Storage, dir: &Path) -> Result<()> {
     })
 }
 
-fn read_meta(storage: &dyn Storage, path: &Path) -> Result<u32> {
+pub(crate) fn read_meta(storage: &dyn Storage, path: &Path) -> Result<u32> {
     let file = storage.open(path, false).map_err(|e| Error::io(path, e))?;
     let len = file.len().map_err(|e| Error::io(path, e))?;
     let not_a_log = |reason: String| Error::NotALog {

@@ -268,6 +268,18 @@ impl Producer {
             (true, Some(identity)) => Some(identity),
             (true, None) => Some((log.allocate_producer_id()?, 0)),
         };
+        let compression = config.compression.unwrap_or(log.config().compression);
+        if compression != Compression::None
+            && log.config().max_batch_bytes as usize > crate::codec::MAX_DECOMPRESSED_BYTES
+        {
+            return Err(Error::config(
+                "compression",
+                format!(
+                    "the log's max_batch_bytes is over the {} bytes a compressed batch may hold",
+                    crate::codec::MAX_DECOMPRESSED_BYTES
+                ),
+            ));
+        }
         let partitions = (0..log.partition_count())
             .map(|id| log.partition(id))
             .collect::<Result<Vec<_>>>()?;
@@ -277,7 +289,7 @@ impl Producer {
                 config.batch_bytes as u64,
                 now_ms() as u64,
             ),
-            compression: config.compression.unwrap_or(log.config().compression),
+            compression,
             sync: log.config().durability == Durability::Sync,
             partitions,
             stamp,

@@ -263,3 +263,25 @@ fn a_producer_may_compress_differently_from_the_log() {
     );
     assert_eq!(log.partition(0).unwrap().reader(0).count(), 1000);
 }
+
+#[test]
+fn a_producer_codec_the_log_could_not_read_back_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Config::default().max_batch_bytes(512 << 20)).unwrap();
+    let err = Producer::new(
+        &log,
+        ProducerConfig::default().compression(Compression::Lz4),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "compression",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    Producer::new(&log, ProducerConfig::default()).unwrap();
+}

@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
+#[cfg(target_os = "linux")]
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -137,6 +138,7 @@ impl StorageFile for FsFile {
         Ok(Some(Bytes::from_owner(map)))
     }
 
+    #[cfg(target_os = "linux")]
     fn send_to(&self, position: u64, len: u64, out: BorrowedFd<'_>) -> io::Result<bool> {
         let mut offset = libc::off_t::try_from(position)
             .map_err(|_| io::Error::other("position overflows off_t"))?;
