@@ -20,58 +20,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+mod common;
+
+use common::{SplitMix64, log_line};
 use durable_log::{Config, Durability, Log, Partition, Record};
 use tempfile::TempDir;
 
-/// Size of every record's value.
-const RECORD_BYTES: usize = 100;
 /// Records per appended batch.
 const BATCH_RECORDS: usize = 100;
 /// Records in the log unless `DURABLE_LOG_BENCH_RECORDS` says otherwise.
 const DEFAULT_RECORDS: u64 = 1_000_000;
 /// The `max_bytes` of the chunked scan.
 const CHUNK_BYTES: usize = 1024 * 1024;
-
-/// SplitMix64: a small, fixed-seed generator, so every run reads the same
-/// offsets of the same bytes.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next_u64() % bound
-    }
-}
-
-/// One log line, `{"ts":…,"level":"…","msg":"…"}`, padded to exactly
-/// `RECORD_BYTES` bytes.
-fn log_line(rng: &mut SplitMix64, ts_ms: u64) -> Vec<u8> {
-    const LEVELS: [&str; 4] = ["DEBUG", "INFO", "WARN", "ERROR"];
-    const WORDS: [&str; 8] = [
-        "request", "served", "user", "session", "cache", "miss", "upstream", "retry",
-    ];
-    let level = LEVELS[rng.below(LEVELS.len() as u64) as usize];
-    let head = format!(r#"{{"ts":{ts_ms},"level":"{level}","msg":""#);
-    let tail = r#""}"#;
-    let room = RECORD_BYTES - head.len() - tail.len();
-    let mut msg = String::with_capacity(room);
-    while msg.len() < room {
-        let word = WORDS[rng.below(WORDS.len() as u64) as usize];
-        msg.push_str(word);
-        msg.push_str(&format!(" id={} ", rng.below(100_000)));
-    }
-    msg.truncate(room);
-    let line = format!("{head}{msg}{tail}");
-    assert_eq!(line.len(), RECORD_BYTES);
-    line.into_bytes()
-}
 
 fn bench_root() -> PathBuf {
     let root = std::env::var_os("DURABLE_LOG_BENCH_DIR")
