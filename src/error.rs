@@ -137,6 +137,34 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A consumer needs a position in a partition for which its group has no
+    /// committed offset, and its reset policy is
+    /// [`AutoOffsetReset::None`](crate::offsets::AutoOffsetReset::None).
+    #[error("group `{group}` has no committed offset for partition {partition}")]
+    NoCommittedOffset {
+        /// The consumer group.
+        group: String,
+        /// The partition.
+        partition: u32,
+    },
+
+    /// A consumer was asked about a partition it is not assigned.
+    #[error("partition {partition} is not assigned to this consumer")]
+    NotAssigned {
+        /// The partition that was asked for.
+        partition: u32,
+    },
+
+    /// The metadata string of a committed offset is longer than the offset
+    /// store keeps.
+    #[error("offset metadata of {size} bytes exceeds the maximum of {max} bytes")]
+    OffsetMetadataTooLarge {
+        /// The metadata's length in bytes.
+        size: u64,
+        /// The most bytes allowed.
+        max: u64,
+    },
+
     /// The log (or the producer) was closed.
     #[error("the log is closed")]
     Closed,

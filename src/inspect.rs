@@ -705,10 +705,7 @@ impl OfflineLog {
         let dir = dir.as_ref();
         let partitions = read_partition_count(dir)?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock = FsStorage
-            .try_lock(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?
-            .ok_or(Error::Locked)?;
+        let lock = crate::log::take_lock(&FsStorage, &lock_path)?;
         let partitions = (0..partitions)
             .map(|id| read_partition_files(dir, id))
             .collect::<Result<_>>()?;

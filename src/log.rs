@@ -125,10 +125,7 @@ impl Log {
             refuse_foreign(&*storage, dir)?;
         }
         let lock_path = dir.join(LOCK_FILE);
-        let lock = storage
-            .try_lock(&lock_path)
-            .map_err(io(&lock_path))?
-            .ok_or(Error::Locked)?;
+        let lock = take_lock(&*storage, &lock_path)?;
         let partitions = if storage.exists(&meta_path).map_err(io(&meta_path))? {
             let stored = read_meta(&*storage, &meta_path)?;
             if config.partitions < stored {
@@ -395,6 +392,28 @@ fn spawn_background(inner: Arc<Inner>, stopped: mpsc::Receiver<()>) -> Result<Jo
             }
         })
         .map_err(|e| Error::io(dir, e))
+}
+
+/// How long `Log::open` keeps trying a lock held elsewhere.
+const LOCK_PATIENCE: Duration = Duration::from_millis(100);
+
+/// Takes the directory lock, or fails with [`Error::Locked`]. A lock found
+/// held is tried again for a moment: between `fork` and `exec`, a child
+/// process briefly shares its parent's descriptors, and with them a lock
+/// that the parent is about to release or has released.
+pub(crate) fn take_lock(storage: &dyn Storage, path: &Path) -> Result<Box<dyn LockGuard>> {
+    let give_up = Instant::now() + LOCK_PATIENCE;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(lock) = storage.try_lock(path).map_err(|e| Error::io(path, e))? {
+            return Ok(lock);
+        }
+        if Instant::now() >= give_up {
+            return Err(Error::Locked);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }
 
 /// Refuses a directory without metadata that holds anything but what a log

@@ -935,7 +935,8 @@ impl Partition {
     /// [`Error::Closed`] if the log is closed while waiting.
     pub fn wait_for(&self, offset: u64, timeout: Duration) -> Result<bool> {
         let inner = &*self.inner;
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add to now means no deadline.
+        let deadline = Instant::now().checked_add(timeout);
         let mut guard = inner.tail_lock.lock();
         inner.waiters.fetch_add(1, Ordering::SeqCst);
         // Pairs with the fence in `notify_tail`: either this thread sees the
@@ -948,8 +949,13 @@ impl Partition {
             if inner.closed.load(Ordering::Acquire) {
                 break Err(Error::Closed);
             }
-            if inner.tail.wait_until(&mut guard, deadline).timed_out() {
-                break Ok(self.end_offset() > offset);
+            match deadline {
+                Some(deadline) => {
+                    if inner.tail.wait_until(&mut guard, deadline).timed_out() {
+                        break Ok(self.end_offset() > offset);
+                    }
+                }
+                None => inner.tail.wait(&mut guard),
             }
         };
         inner.waiters.fetch_sub(1, Ordering::SeqCst);

@@ -331,9 +331,10 @@ impl Producer {
             None => shared.sticky.partition(bytes as u64),
         };
         let mut state = shared.state.lock();
-        let deadline = match shared.config.when_full {
-            WhenFull::Block(timeout) => Some(Instant::now() + timeout),
-            WhenFull::Error => None,
+        // A timeout too long to add to now means no deadline.
+        let (block, deadline) = match shared.config.when_full {
+            WhenFull::Block(timeout) => (true, Instant::now().checked_add(timeout)),
+            WhenFull::Error => (false, None),
         };
         // A record larger than the whole buffer waits for an empty one.
         while state.buffered > 0 && state.buffered + bytes > shared.config.buffer_bytes {
@@ -343,12 +344,14 @@ impl Producer {
             let full = Error::BufferFull {
                 limit: shared.config.buffer_bytes as u64,
             };
-            match deadline {
-                Some(deadline) if shared.room.wait_until(&mut state, deadline).timed_out() => {
-                    return Err(full);
+            match (block, deadline) {
+                (false, _) => return Err(full),
+                (true, Some(deadline)) => {
+                    if shared.room.wait_until(&mut state, deadline).timed_out() {
+                        return Err(full);
+                    }
                 }
-                Some(_) => {}
-                None => return Err(full),
+                (true, None) => shared.room.wait(&mut state),
             }
         }
         if state.closed {

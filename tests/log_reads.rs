@@ -375,3 +375,12 @@ fn wait_for_reports_whether_the_offset_is_available() {
     appender.join().unwrap();
     assert_eq!(p.end_offset(), 3);
 }
+
+#[test]
+fn waiting_with_an_unbounded_timeout_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = durable_log::Log::open(dir.path(), durable_log::Config::default()).unwrap();
+    let p = log.partition(0).unwrap();
+    p.append(&[durable_log::Record::new("x")]).unwrap();
+    assert!(p.wait_for(0, std::time::Duration::MAX).unwrap());
+}

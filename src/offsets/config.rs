@@ -1,0 +1,151 @@
+//! Settings of a [`Consumer`](super::Consumer).
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+use super::encoding::MAX_GROUP_ID_BYTES;
+
+/// Where a consumer starts in a partition for which its group has no
+/// committed offset, or whose committed offset (or position) is no longer in
+/// the partition (Kafka's `auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoOffsetReset {
+    /// At the first offset still stored (the log start offset).
+    Earliest,
+    /// At the end: only records appended from now on are read.
+    #[default]
+    Latest,
+    /// Nowhere: the consumer reports [`Error::NoCommittedOffset`] (no
+    /// commit) or [`Error::OffsetOutOfRange`] (a position outside the
+    /// partition) until the application seeks.
+    None,
+}
+
+/// Settings of a [`Consumer`](super::Consumer); build with
+/// [`ConsumerConfig::new`] and the chainable setters of the same names.
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_log::offsets::{AutoOffsetReset, ConsumerConfig};
+///
+/// let config = ConsumerConfig::new("billing")
+///     .auto_commit(false)
+///     .auto_offset_reset(AutoOffsetReset::Earliest)
+///     .max_poll_records(100);
+/// assert_eq!(config.group_id, "billing");
+/// assert_eq!(config.auto_commit_interval, Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerConfig {
+    /// The consumer group whose committed offsets the consumer reads and
+    /// writes: 1 to 255 bytes.
+    pub group_id: String,
+    /// Commit the positions on its own: at the first poll after each
+    /// `auto_commit_interval`, when partitions are taken away, and on
+    /// close. See the [module documentation](super) for what this
+    /// guarantees.
+    ///
+    /// Default: `true` (as Kafka's `enable.auto.commit`).
+    pub auto_commit: bool,
+    /// How often auto-commit commits. Zero commits at every poll.
+    ///
+    /// Default: 5 s.
+    pub auto_commit_interval: Duration,
+    /// Where to start without a usable committed offset.
+    ///
+    /// Default: [`AutoOffsetReset::Latest`].
+    pub auto_offset_reset: AutoOffsetReset,
+    /// Most records one poll returns; at least 1.
+    ///
+    /// Default: 500.
+    pub max_poll_records: usize,
+}
+
+impl ConsumerConfig {
+    /// The defaults, for the consumer group `group_id`.
+    pub fn new(group_id: impl Into<String>) -> ConsumerConfig {
+        ConsumerConfig {
+            group_id: group_id.into(),
+            auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
+            auto_offset_reset: AutoOffsetReset::Latest,
+            max_poll_records: 500,
+        }
+    }
+
+    /// Checks every field; the error names the first invalid one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an empty or too long `group_id` or a zero
+    /// `max_poll_records`.
+    pub fn validate(&self) -> Result<()> {
+        check_group_id(&self.group_id)?;
+        if self.max_poll_records == 0 {
+            return Err(Error::config("max_poll_records", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a group id the offset store cannot key.
+pub(crate) fn check_group_id(group_id: &str) -> Result<()> {
+    if group_id.is_empty() || group_id.len() > MAX_GROUP_ID_BYTES {
+        return Err(Error::config(
+            "group_id",
+            format!(
+                "must be 1 to {MAX_GROUP_ID_BYTES} bytes, not {}",
+                group_id.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        impl ConsumerConfig {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    /// Sets [`ConsumerConfig::auto_commit`].
+    auto_commit: bool;
+    /// Sets [`ConsumerConfig::auto_commit_interval`].
+    auto_commit_interval: Duration;
+    /// Sets [`ConsumerConfig::auto_offset_reset`].
+    auto_offset_reset: AutoOffsetReset;
+    /// Sets [`ConsumerConfig::max_poll_records`].
+    max_poll_records: usize;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_fields_are_named() {
+        let field = |config: ConsumerConfig| match config.validate() {
+            Err(Error::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        assert_eq!(field(ConsumerConfig::new("")), "group_id");
+        assert_eq!(field(ConsumerConfig::new("g".repeat(256))), "group_id");
+        assert_eq!(
+            field(ConsumerConfig::new("g").max_poll_records(0)),
+            "max_poll_records"
+        );
+        assert!(ConsumerConfig::new("g".repeat(255)).validate().is_ok());
+    }
+}
