@@ -165,6 +165,76 @@ pub enum Error {
         max: u64,
     },
 
+    /// The member id is not a member of the group: it was never given, the
+    /// member left, its session expired, or it missed a rebalance.
+    ///
+    /// The member must join again without a member id. Its partitions may
+    /// already be processed by other members, and its commits are refused.
+    #[error("{member_id} is not a member of group {group}")]
+    UnknownMember {
+        /// The group.
+        group: String,
+        /// The member id that was given.
+        member_id: String,
+    },
+
+    /// The generation given is not the group's current one: a rebalance
+    /// completed that the member has not taken part in or not synced.
+    ///
+    /// A commit carrying it is refused, so that a zombie member cannot
+    /// overwrite the progress of a partition's new owner.
+    #[error(
+        "generation {generation} of member {member_id} is not the current generation {current} of group {group}"
+    )]
+    IllegalGeneration {
+        /// The group.
+        group: String,
+        /// The member.
+        member_id: String,
+        /// The generation the request carried.
+        generation: u32,
+        /// The group's current generation.
+        current: u32,
+    },
+
+    /// The group is rebalancing and the member must (re)join or fetch its new
+    /// assignment before the request can succeed.
+    #[error("group {group} is rebalancing")]
+    RebalanceInProgress {
+        /// The group.
+        group: String,
+    },
+
+    /// A newer incarnation of this static member joined with the same
+    /// `group_instance_id` and took its place; this one must stop, not rejoin.
+    #[error("static member {group_instance_id} of group {group} was replaced by a newer instance")]
+    FencedInstanceId {
+        /// The group.
+        group: String,
+        /// The instance id the two incarnations share.
+        group_instance_id: String,
+    },
+
+    /// The member asked for an assignor other than the one its group uses.
+    #[error("group {group} uses the {current} assignor, not {requested}")]
+    InconsistentGroupProtocol {
+        /// The group.
+        group: String,
+        /// The assignor of the group.
+        current: &'static str,
+        /// The assignor the member asked for.
+        requested: &'static str,
+    },
+
+    /// The group already has as many members as it may have.
+    #[error("group {group} already has its maximum of {max} members")]
+    GroupMaxSizeReached {
+        /// The group.
+        group: String,
+        /// The configured maximum (`GroupConfig::max_group_size`).
+        max: usize,
+    },
+
     /// The log (or the producer) was closed.
     #[error("the log is closed")]
     Closed,

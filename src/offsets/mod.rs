@@ -111,14 +111,22 @@
 //! rewriting the live commits once its log holds at least four times as many
 //! records as live commits (and 10 000 or more).
 
+mod assignor;
 mod config;
 mod consumer;
 mod encoding;
+mod group;
 mod store;
 
 #[cfg(test)]
 mod tests;
 
+pub use assignor::{AssignorKind, AssignorMember};
 pub use config::{AutoOffsetReset, ConsumerConfig};
 pub use consumer::{Consumer, ConsumerRecord};
+pub use group::{
+    Clock, GroupConfig, GroupCoordinator, GroupDescription, GroupState, HeartbeatRequest,
+    HeartbeatResponse, JoinRequest, JoinResponse, JoinStatus, LeaveRequest, ManualClock,
+    MemberDescription, SyncRequest, SyncResponse, SystemClock,
+};
 pub use store::{OffsetAndMetadata, OffsetStore};
