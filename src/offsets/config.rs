@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+use super::assignor::AssignorKind;
 use super::encoding::MAX_GROUP_ID_BYTES;
 
 /// Where a consumer starts in a partition for which its group has no
@@ -61,6 +62,35 @@ pub struct ConsumerConfig {
     ///
     /// Default: 500.
     pub max_poll_records: usize,
+    /// The static identity of a consumer subscribed to a group (Kafka's
+    /// `group.instance.id`): 1 to 255 bytes, unique in the group, the same
+    /// across restarts of the process. A static member that restarts within
+    /// the group's session timeout gets its partitions back without a
+    /// rebalance; it does not leave the group when it closes. `None` for a
+    /// dynamic member, which leaves the group when it closes.
+    ///
+    /// Default: `None`.
+    pub group_instance_id: Option<String>,
+    /// How often a subscribed consumer's polls tell the group coordinator
+    /// that it is alive, and how soon a waiting poll notices a rebalance.
+    /// A consumer uses at most a third of the coordinator's session timeout.
+    /// Every poll also heartbeats once when it starts. Must not be zero.
+    ///
+    /// Default: 3 s (as Kafka's `heartbeat.interval.ms`).
+    pub heartbeat_interval: Duration,
+    /// The prefix of the member id the group coordinator gives this consumer
+    /// (Kafka's `client.id`): at most 255 bytes; the coordinator uses
+    /// `consumer` when it is empty.
+    ///
+    /// Default: empty.
+    pub client_id: String,
+    /// The assignor a subscribed consumer asks its group to use. The first
+    /// member of a group chooses; a consumer asking for another one than the
+    /// group's is refused with [`Error::InconsistentGroupProtocol`]. `None`
+    /// accepts the group's (or the coordinator's default).
+    ///
+    /// Default: `None`.
+    pub assignor: Option<AssignorKind>,
 }
 
 impl ConsumerConfig {
@@ -72,19 +102,69 @@ impl ConsumerConfig {
             auto_commit_interval: Duration::from_secs(5),
             auto_offset_reset: AutoOffsetReset::Latest,
             max_poll_records: 500,
+            group_instance_id: None,
+            heartbeat_interval: Duration::from_secs(3),
+            client_id: String::new(),
+            assignor: None,
         }
+    }
+
+    /// Sets [`ConsumerConfig::group_instance_id`], making the consumer a
+    /// static member of the groups it subscribes to.
+    #[must_use]
+    pub fn group_instance_id(mut self, group_instance_id: impl Into<String>) -> Self {
+        self.group_instance_id = Some(group_instance_id.into());
+        self
+    }
+
+    /// Sets [`ConsumerConfig::client_id`].
+    #[must_use]
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    /// Sets [`ConsumerConfig::assignor`].
+    #[must_use]
+    pub fn assignor(mut self, assignor: AssignorKind) -> Self {
+        self.assignor = Some(assignor);
+        self
     }
 
     /// Checks every field; the error names the first invalid one.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for an empty or too long `group_id` or a zero
-    /// `max_poll_records`.
+    /// [`Error::InvalidConfig`] for an empty or too long `group_id`, a zero
+    /// `max_poll_records`, an empty or too long `group_instance_id`, a zero
+    /// `heartbeat_interval` or a too long `client_id`.
     pub fn validate(&self) -> Result<()> {
         check_group_id(&self.group_id)?;
         if self.max_poll_records == 0 {
             return Err(Error::config("max_poll_records", "must be at least 1"));
+        }
+        if let Some(instance) = &self.group_instance_id
+            && (instance.is_empty() || instance.len() > MAX_GROUP_ID_BYTES)
+        {
+            return Err(Error::config(
+                "group_instance_id",
+                format!(
+                    "must be 1 to {MAX_GROUP_ID_BYTES} bytes, not {}",
+                    instance.len()
+                ),
+            ));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(Error::config("heartbeat_interval", "must not be zero"));
+        }
+        if self.client_id.len() > MAX_GROUP_ID_BYTES {
+            return Err(Error::config(
+                "client_id",
+                format!(
+                    "must be at most {MAX_GROUP_ID_BYTES} bytes, not {}",
+                    self.client_id.len()
+                ),
+            ));
         }
         Ok(())
     }
@@ -128,6 +208,8 @@ setters! {
     auto_offset_reset: AutoOffsetReset;
     /// Sets [`ConsumerConfig::max_poll_records`].
     max_poll_records: usize;
+    /// Sets [`ConsumerConfig::heartbeat_interval`].
+    heartbeat_interval: Duration;
 }
 
 #[cfg(test)]
@@ -146,6 +228,27 @@ mod tests {
             field(ConsumerConfig::new("g").max_poll_records(0)),
             "max_poll_records"
         );
+        assert_eq!(
+            field(ConsumerConfig::new("g").group_instance_id("")),
+            "group_instance_id"
+        );
+        assert_eq!(
+            field(ConsumerConfig::new("g").group_instance_id("i".repeat(256))),
+            "group_instance_id"
+        );
+        assert_eq!(
+            field(ConsumerConfig::new("g").heartbeat_interval(Duration::ZERO)),
+            "heartbeat_interval"
+        );
+        assert_eq!(
+            field(ConsumerConfig::new("g").client_id("c".repeat(256))),
+            "client_id"
+        );
         assert!(ConsumerConfig::new("g".repeat(255)).validate().is_ok());
+        let static_member = ConsumerConfig::new("g")
+            .group_instance_id("i".repeat(255))
+            .client_id("c".repeat(255))
+            .assignor(AssignorKind::CooperativeSticky);
+        assert!(static_member.validate().is_ok());
     }
 }

@@ -13,6 +13,10 @@ use crate::partition::{Partition, Reader};
 use crate::record::{Header, StoredRecord};
 
 use super::config::{AutoOffsetReset, ConsumerConfig};
+use super::group::{
+    GroupCoordinator, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinStatus, LeaveRequest,
+    SyncRequest,
+};
 use super::store::{OffsetAndMetadata, OffsetStore};
 
 /// With several partitions assigned, a waiting poll sleeps on one partition
@@ -24,6 +28,12 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Resets of one partition in one fetch before its out-of-range error is
 /// returned (retention can move the start again under a reset).
 const MAX_RESETS_PER_FETCH: usize = 3;
+/// While a subscribed consumer waits for a rebalance to form, a waiting poll
+/// asks the coordinator again this often.
+const JOIN_RETRY: Duration = Duration::from_millis(10);
+/// The shortest heartbeat interval, however short the session timeout: a
+/// waiting poll never spins.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
 
 /// A record returned by [`Consumer::poll`], with the partition it came
 /// from.
@@ -89,6 +99,75 @@ impl Assigned {
     }
 }
 
+/// A subscribed consumer's place in its group.
+#[derive(Debug)]
+struct Membership {
+    coordinator: GroupCoordinator,
+    /// The id the coordinator gave this member; `None` before the first
+    /// join and after the coordinator forgot the member.
+    member_id: Option<String>,
+    /// The generation of the assignment held; 0 before the first one.
+    generation: u32,
+    /// A rebalance (or the first join) is under way: `join` until the
+    /// generation forms, then `sync`.
+    joining: bool,
+    /// An assignment `sync` returned that is not applied yet (committing the
+    /// partitions it takes away failed). Applied before any other request,
+    /// so that revoked partitions are never held into the next `join`.
+    pending: Option<Vec<u32>>,
+    /// Set once a newer incarnation of this static member replaced it; every
+    /// later poll and commit returns it.
+    fenced: Option<Error>,
+    heartbeat_interval: Duration,
+    /// When a waiting poll next talks to the coordinator; `None` if that
+    /// does not fit in an `Instant`.
+    next_request: Option<Instant>,
+}
+
+impl Membership {
+    fn schedule(&mut self, after: Duration) {
+        self.next_request = Instant::now().checked_add(after);
+    }
+
+    fn is_due(&self, now: Instant) -> bool {
+        self.next_request.is_some_and(|due| now >= due)
+    }
+
+    /// Whether the coordinator lets this member commit now.
+    fn commit_allowed(&self, group: &str) -> Result<()> {
+        if let Some(error) = &self.fenced {
+            return Err(error.clone());
+        }
+        match &self.member_id {
+            Some(member_id) if self.generation > 0 => {
+                self.coordinator
+                    .commit_allowed(group, member_id, self.generation)
+            }
+            _ => Err(Error::RebalanceInProgress {
+                group: group.to_owned(),
+            }),
+        }
+    }
+
+    /// Leaves the group. A member the coordinator no longer knows (or that
+    /// was fenced) is out of the group already.
+    fn leave(&self, group: &str) {
+        if self.fenced.is_some() {
+            return;
+        }
+        if let Some(member_id) = &self.member_id {
+            let request = LeaveRequest {
+                group: group.to_owned(),
+                member_id: member_id.clone(),
+            };
+            // The only refusals mean the member is no longer in the group.
+            if let Err(Error::UnknownMember { .. } | Error::FencedInstanceId { .. }) =
+                self.coordinator.leave(&request)
+            {}
+        }
+    }
+}
+
 /// Reads records from the partitions assigned to it, starting at its
 /// group's committed offsets, and commits its positions to the log's
 /// [`OffsetStore`].
@@ -135,6 +214,8 @@ pub struct Consumer {
     /// An error met after a poll had records to return; the next poll
     /// returns it.
     deferred: Option<Error>,
+    /// Set while the consumer is subscribed to a group.
+    group: Option<Membership>,
 }
 
 impl Consumer {
@@ -173,6 +254,7 @@ impl Consumer {
             next_wait: 0,
             next_auto_commit,
             deferred: None,
+            group: None,
         })
     }
 
@@ -197,13 +279,179 @@ impl Consumer {
     /// (or by the reset policy) at the next poll. With auto-commit, the
     /// positions of the partitions taken away are committed first.
     ///
+    /// A subscribed consumer first [unsubscribes](Consumer::unsubscribe):
+    /// it leaves its group and from then on reads what it is assigned.
+    ///
     /// # Errors
     ///
-    /// [`Error::UnknownPartition`] for a partition the log does not have;
-    /// the errors of [`OffsetStore::commit`] for the auto-commit, in which
-    /// case the assignment is unchanged.
+    /// [`Error::UnknownPartition`] for a partition the log does not have
+    /// (nothing changes then); the errors of [`OffsetStore::commit`] for the
+    /// auto-commit, in which case the assignment is unchanged (or, for a
+    /// subscribed consumer, empty: the consumer left its group).
     pub fn assign(&mut self, partitions: &[u32]) -> Result<()> {
+        for &id in partitions {
+            self.log_partition(id)?;
+        }
+        self.unsubscribe()?;
         self.reassign(partitions)
+    }
+
+    /// Joins the consumer group `config.group_id` through `coordinator`, so
+    /// that the group's members share the log's partitions: from now on the
+    /// coordinator decides which partitions this consumer reads, and a
+    /// manual assignment is given up (committed first, with auto-commit).
+    /// A consumer subscribed before leaves its previous group first.
+    ///
+    /// This sends the first join; the partitions arrive during the polls
+    /// that follow, which take part in the group's protocol on their own:
+    ///
+    /// - Every poll tells the coordinator the consumer is alive when it
+    ///   starts, and a waiting poll does so again every
+    ///   [`heartbeat_interval`](ConsumerConfig::heartbeat_interval) (at most
+    ///   a third of the coordinator's session timeout). A consumer that
+    ///   stops polling for longer than the session timeout is removed from
+    ///   the group and its partitions move to the others: call `poll` often
+    ///   enough, even with a short timeout.
+    /// - When a rebalance starts, an eager assignor's member (range,
+    ///   round-robin) commits its positions (with auto-commit) and gives up
+    ///   all its partitions before it rejoins; a cooperative-sticky member
+    ///   keeps reading its partitions while it rejoins and gives up, after
+    ///   committing them, only the partitions the new generation takes away.
+    /// - A partition the consumer receives starts at the group's committed
+    ///   offset (the offset store is shared by every consumer of the log),
+    ///   else by the reset policy: it goes on where its previous owner last
+    ///   committed.
+    /// - A member the coordinator removed (its session expired) loses its
+    ///   partitions without committing and joins again as a new member.
+    /// - A static member
+    ///   ([`group_instance_id`](ConsumerConfig::group_instance_id)) replaced
+    ///   by a newer incarnation is fenced: every later poll and commit
+    ///   returns [`Error::FencedInstanceId`].
+    ///
+    /// Every commit of a subscribed consumer is first checked with the
+    /// coordinator, so that a member removed from the group, or one whose
+    /// generation is over, cannot overwrite the progress of a partition's
+    /// new owner. Without auto-commit, commit what you processed before you
+    /// poll again: the records of a partition taken away during a poll and
+    /// not committed are read again by its next owner.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_log::{Config, Log, Record};
+    /// use durable_log::offsets::{
+    ///     AutoOffsetReset, Consumer, ConsumerConfig, GroupConfig, GroupCoordinator,
+    /// };
+    ///
+    /// # fn main() -> durable_log::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), Config::default().partitions(2))?;
+    /// log.partition(1)?.append(&[Record::new("a")])?;
+    /// let groups = GroupCoordinator::new(log.partition_count(), GroupConfig::default())?;
+    ///
+    /// let config = ConsumerConfig::new("billing").auto_offset_reset(AutoOffsetReset::Earliest);
+    /// let mut consumer = Consumer::new(&log, config)?;
+    /// consumer.subscribe(&groups)?;
+    /// let records = consumer.poll(Duration::from_secs(1))?;
+    /// assert_eq!(consumer.assignment(), vec![0, 1]);
+    /// assert_eq!(records.len(), 1);
+    /// consumer.close()?; // commits, then leaves the group
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] (field `partitions`) when the coordinator
+    /// serves another number of partitions than the log has; the errors of
+    /// [`OffsetStore::commit`] for the auto-commit of the partitions given
+    /// up; and the coordinator's refusals of the first join:
+    /// [`Error::InconsistentGroupProtocol`] when
+    /// [`assignor`](ConsumerConfig::assignor) differs from the group's,
+    /// [`Error::GroupMaxSizeReached`], [`Error::FencedInstanceId`]. The
+    /// consumer is then not subscribed.
+    pub fn subscribe(&mut self, coordinator: &GroupCoordinator) -> Result<()> {
+        let log_partitions = self.partitions.len();
+        if usize::try_from(coordinator.partition_count()).ok() != Some(log_partitions) {
+            return Err(Error::config(
+                "partitions",
+                format!(
+                    "the group coordinator serves {} partitions, the log has {log_partitions}",
+                    coordinator.partition_count()
+                ),
+            ));
+        }
+        self.unsubscribe()?;
+        self.reassign(&[])?;
+        let session_timeout = coordinator.config().session_timeout;
+        let heartbeat_interval = self
+            .config
+            .heartbeat_interval
+            .min(session_timeout / 3)
+            .max(MIN_HEARTBEAT_INTERVAL);
+        self.group = Some(Membership {
+            coordinator: coordinator.clone(),
+            member_id: None,
+            generation: 0,
+            joining: true,
+            pending: None,
+            fenced: None,
+            heartbeat_interval,
+            next_request: None,
+        });
+        if let Err(error) = self.drive_group() {
+            if let Some(membership) = self.group.take() {
+                membership.leave(&self.config.group_id);
+            }
+            self.reassign_inner(&[]);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Leaves the group the consumer is subscribed to (static members too):
+    /// commits the positions with auto-commit, gives up the partitions and
+    /// tells the coordinator, which starts a rebalance of the other members.
+    /// The consumer then has no partitions until it is assigned some or
+    /// subscribes again. Does nothing for a consumer that is not subscribed.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`OffsetStore::commit`] and the coordinator's refusal
+    /// of that commit ([`Error::UnknownMember`], [`Error::IllegalGeneration`],
+    /// [`Error::FencedInstanceId`]); the consumer leaves anyway, without
+    /// committing.
+    pub fn unsubscribe(&mut self) -> Result<()> {
+        if self.group.is_none() {
+            return Ok(());
+        }
+        let result = self.reassign(&[]);
+        if result.is_err() {
+            self.reassign_inner(&[]);
+        }
+        if let Some(membership) = self.group.take() {
+            membership.leave(&self.config.group_id);
+        }
+        result
+    }
+
+    /// Whether the consumer is subscribed to a group (see
+    /// [`Consumer::subscribe`]).
+    pub fn is_subscribed(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// The member id the group coordinator gave this consumer, once a
+    /// subscribed consumer has joined; `None` otherwise.
+    pub fn member_id(&self) -> Option<&str> {
+        self.group.as_ref()?.member_id.as_deref()
+    }
+
+    /// The group generation of a subscribed consumer's current assignment;
+    /// `None` before its first assignment and when not subscribed.
+    pub fn generation(&self) -> Option<u32> {
+        self.group
+            .as_ref()
+            .map(|m| m.generation)
+            .filter(|&generation| generation > 0)
     }
 
     /// The assigned partitions, in the order they were assigned.
@@ -216,12 +464,9 @@ impl Consumer {
     /// application through [`Consumer::assign`], or a group coordinator.
     pub(crate) fn reassign(&mut self, partitions: &[u32]) -> Result<()> {
         let mut seen = BTreeSet::new();
-        let mut wanted = Vec::new();
         for &id in partitions {
             self.log_partition(id)?;
-            if seen.insert(id) {
-                wanted.push(id);
-            }
+            seen.insert(id);
         }
         if self.config.auto_commit {
             let revoked: Vec<(u32, OffsetAndMetadata)> = self
@@ -233,30 +478,45 @@ impl Consumer {
                     _ => None,
                 })
                 .collect();
-            self.store.commit(&self.config.group_id, &revoked)?;
+            self.commit_checked(&revoked)?;
+        }
+        self.reassign_inner(partitions);
+        Ok(())
+    }
+
+    /// Replaces the assignment without committing anything: after the
+    /// partitions taken away were committed, or when they are lost (the
+    /// group removed this member, so commits would be refused and the
+    /// partitions belong to others). Partitions the log does not have are
+    /// skipped (callers check them first).
+    fn reassign_inner(&mut self, partitions: &[u32]) {
+        let mut seen = BTreeSet::new();
+        let mut wanted = Vec::new();
+        for &id in partitions {
+            if let Ok(partition) = self.log_partition(id)
+                && seen.insert(id)
+            {
+                wanted.push((id, partition.clone()));
+            }
         }
         let mut kept: Vec<Option<Assigned>> = self.assigned.drain(..).map(Some).collect();
-        for id in wanted {
+        for (id, partition) in wanted {
             let existing = kept
                 .iter_mut()
                 .find(|a| a.as_ref().is_some_and(|a| a.id == id))
                 .and_then(Option::take);
-            let assigned = match existing {
-                Some(assigned) => assigned,
-                None => Assigned {
-                    id,
-                    partition: self.partitions[id as usize].clone(),
-                    position: Position::Committed,
-                    reader: None,
-                    peeked: None,
-                },
-            };
+            let assigned = existing.unwrap_or(Assigned {
+                id,
+                partition,
+                position: Position::Committed,
+                reader: None,
+                peeked: None,
+            });
             self.assigned.push(assigned);
         }
         self.next_fetch = 0;
         self.next_wait = 0;
         self.deferred = None;
-        Ok(())
     }
 
     fn log_partition(&self, id: u32) -> Result<&Partition> {
@@ -353,7 +613,12 @@ impl Consumer {
     ///
     /// # Errors
     ///
-    /// The errors of [`OffsetStore::commit`].
+    /// The errors of [`OffsetStore::commit`]. For a subscribed consumer, the
+    /// coordinator's refusal (nothing is committed then):
+    /// [`Error::UnknownMember`] when the group removed this member,
+    /// [`Error::IllegalGeneration`] when a rebalance ended its generation
+    /// (the next poll takes the new assignment), [`Error::RebalanceInProgress`]
+    /// while it has not joined a generation yet, [`Error::FencedInstanceId`].
     pub fn commit_sync(&self) -> Result<()> {
         let positions: Vec<(u32, OffsetAndMetadata)> = self
             .assigned
@@ -363,7 +628,19 @@ impl Consumer {
                 _ => None,
             })
             .collect();
-        self.store.commit(&self.config.group_id, &positions)
+        self.commit_checked(&positions)
+    }
+
+    /// Commits `offsets` once the group coordinator (for a subscribed
+    /// consumer) allows this member to.
+    fn commit_checked(&self, offsets: &[(u32, OffsetAndMetadata)]) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        if let Some(membership) = &self.group {
+            membership.commit_allowed(&self.config.group_id)?;
+        }
+        self.store.commit(&self.config.group_id, offsets)
     }
 
     /// Commits the given offsets (the next offset to read in each
@@ -372,8 +649,9 @@ impl Consumer {
     ///
     /// # Errors
     ///
-    /// [`Error::UnknownPartition`] (nothing is committed then), and the
-    /// errors of [`OffsetStore::commit`].
+    /// [`Error::UnknownPartition`] (nothing is committed then), the errors
+    /// of [`OffsetStore::commit`], and for a subscribed consumer the
+    /// coordinator's refusals listed at [`Consumer::commit_sync`].
     pub fn commit(&self, offsets: &[(u32, u64)]) -> Result<()> {
         let offsets: Vec<(u32, OffsetAndMetadata)> = offsets
             .iter()
@@ -391,7 +669,7 @@ impl Consumer {
         for (p, _) in offsets {
             self.log_partition(*p)?;
         }
-        self.store.commit(&self.config.group_id, offsets)
+        self.commit_checked(offsets)
     }
 
     /// How far behind the end each assigned partition's position is:
@@ -430,32 +708,223 @@ impl Consumer {
     /// [`Error::Corrupt`] for a damaged batch; the errors of
     /// [`OffsetStore::commit`] for the auto-commit. An error met after some
     /// records were read is returned by the next poll instead.
+    ///
+    /// A subscribed consumer also takes part in its group's protocol (see
+    /// [`Consumer::subscribe`]) and returns the errors of the coordinator it
+    /// cannot act on: [`Error::FencedInstanceId`] once a newer incarnation
+    /// of this static member replaced it (and at every poll after),
+    /// [`Error::InconsistentGroupProtocol`], [`Error::GroupMaxSizeReached`].
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         if let Some(error) = self.deferred.take() {
             return Err(error);
         }
-        self.auto_commit_if_due()?;
         let deadline = Instant::now().checked_add(timeout);
-        if self.assigned.is_empty() {
-            std::thread::sleep(timeout);
-            return Ok(Vec::new());
-        }
+        self.drive_group()?;
+        self.auto_commit_if_due()?;
         loop {
-            let records = self.fetch()?;
-            if !records.is_empty() {
-                return Ok(records);
+            if !self.assigned.is_empty() {
+                let records = self.fetch()?;
+                if !records.is_empty() {
+                    return Ok(records);
+                }
             }
-            let remaining = match deadline {
+            let now = Instant::now();
+            let mut remaining = match deadline {
                 Some(deadline) => {
-                    let now = Instant::now();
                     if now >= deadline {
-                        return Ok(records);
+                        return Ok(Vec::new());
                     }
                     deadline - now
                 }
                 None => MAX_WAIT,
+            }
+            .min(MAX_WAIT);
+            if let Some(due) = self.group.as_ref().and_then(|m| m.next_request) {
+                remaining = remaining.min(due.saturating_duration_since(now));
+            }
+            if self.assigned.is_empty() {
+                std::thread::sleep(remaining);
+            } else {
+                self.wait(remaining)?;
+            }
+            if self
+                .group
+                .as_ref()
+                .is_some_and(|m| m.is_due(Instant::now()))
+            {
+                self.drive_group()?;
+            }
+        }
+    }
+
+    /// Takes the consumer's part in its group's protocol, if it is
+    /// subscribed: applies an assignment not yet applied, heartbeats, and
+    /// when a rebalance runs gives up what the assignor requires, (re)joins
+    /// and fetches the new assignment.
+    fn drive_group(&mut self) -> Result<()> {
+        let Some(membership) = &self.group else {
+            return Ok(());
+        };
+        if let Some(error) = &membership.fenced {
+            return Err(error.clone());
+        }
+        if let Some(pending) = membership.pending.clone() {
+            self.apply_assignment(&pending)?;
+        }
+        let Some(membership) = &self.group else {
+            return Ok(());
+        };
+        let coordinator = membership.coordinator.clone();
+        let group = self.config.group_id.clone();
+        if !membership.joining
+            && let Some(member_id) = membership.member_id.clone()
+        {
+            let request = HeartbeatRequest {
+                group: group.clone(),
+                member_id,
+                generation: membership.generation,
             };
-            self.wait(remaining.min(MAX_WAIT))?;
+            match coordinator.heartbeat(&request) {
+                Ok(HeartbeatResponse::Stable) => {
+                    if let Some(membership) = &mut self.group {
+                        membership.schedule(membership.heartbeat_interval);
+                    }
+                    return Ok(());
+                }
+                Ok(HeartbeatResponse::RebalanceInProgress) => {
+                    let cooperative = coordinator
+                        .describe(&group)
+                        .is_some_and(|d| d.assignor.is_cooperative());
+                    if !cooperative {
+                        // Eager: commit and give up everything before the
+                        // join; on failure the next poll tries again.
+                        self.apply_assignment(&[])?;
+                    }
+                }
+                // Removed, or behind a generation: handled, then join.
+                Err(error) => self.membership_error(error)?,
+            }
+        }
+        self.join_and_sync()
+    }
+
+    /// Joins (or rejoins) the group and, once the generation formed, takes
+    /// the assignment `sync` returns.
+    fn join_and_sync(&mut self) -> Result<()> {
+        let Some(membership) = &mut self.group else {
+            return Ok(());
+        };
+        membership.joining = true;
+        membership.schedule(JOIN_RETRY);
+        let coordinator = membership.coordinator.clone();
+        let request = JoinRequest {
+            group: self.config.group_id.clone(),
+            member_id: membership.member_id.clone(),
+            group_instance_id: self.config.group_instance_id.clone(),
+            client_id: self.config.client_id.clone(),
+            assignor: self.config.assignor,
+        };
+        let joined = match coordinator.join(&request) {
+            Ok(joined) => joined,
+            // The coordinator forgot this member: join at once as a new one.
+            Err(error @ Error::UnknownMember { .. }) if request.member_id.is_some() => {
+                self.membership_error(error)?;
+                let request = JoinRequest {
+                    member_id: None,
+                    ..request
+                };
+                match coordinator.join(&request) {
+                    Ok(joined) => joined,
+                    Err(error) => return self.membership_error(error),
+                }
+            }
+            Err(error) => return self.membership_error(error),
+        };
+        let Some(membership) = &mut self.group else {
+            return Ok(());
+        };
+        membership.member_id = Some(joined.member_id.clone());
+        let JoinStatus::Joined { generation, .. } = joined.status else {
+            return Ok(());
+        };
+        let request = SyncRequest {
+            group: self.config.group_id.clone(),
+            member_id: joined.member_id,
+            generation,
+        };
+        let synced = match coordinator.sync(&request) {
+            Ok(synced) => synced,
+            Err(error) => return self.membership_error(error),
+        };
+        membership.generation = synced.generation;
+        membership.joining = false;
+        membership.schedule(membership.heartbeat_interval);
+        // Partitions that stay keep their positions; the revoked ones (with
+        // the cooperative assignor) are committed by `reassign`, in the new
+        // generation, before the next request to the coordinator.
+        membership.pending = Some(synced.assignment.clone());
+        self.apply_assignment(&synced.assignment)
+    }
+
+    /// Takes the assignment the group gave (committing the partitions taken
+    /// away, with auto-commit). A commit the coordinator refuses means the
+    /// membership changed: that is acted on instead.
+    fn apply_assignment(&mut self, partitions: &[u32]) -> Result<()> {
+        match self.reassign(partitions) {
+            Ok(()) => {
+                if let Some(membership) = &mut self.group {
+                    membership.pending = None;
+                }
+                Ok(())
+            }
+            Err(
+                error @ (Error::UnknownMember { .. }
+                | Error::IllegalGeneration { .. }
+                | Error::FencedInstanceId { .. }),
+            ) => self.membership_error(error),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Acts on a refusal from the coordinator: the ones that say how to go
+    /// on are handled, the others returned.
+    fn membership_error(&mut self, error: Error) -> Result<()> {
+        let Some(membership) = &mut self.group else {
+            return Err(error);
+        };
+        match error {
+            // Removed from the group: its partitions may already be read by
+            // others, and commits would be refused. Join as a new member.
+            Error::UnknownMember { .. } => {
+                membership.member_id = None;
+                membership.generation = 0;
+                membership.joining = true;
+                membership.pending = None;
+                membership.next_request = Some(Instant::now());
+                self.reassign_inner(&[]);
+                Ok(())
+            }
+            // A generation formed without this member's assignment: what
+            // it holds may belong to others now. Rejoin with the same id.
+            Error::IllegalGeneration { .. } => {
+                membership.joining = true;
+                membership.pending = None;
+                membership.next_request = Some(Instant::now());
+                self.reassign_inner(&[]);
+                Ok(())
+            }
+            // Another rebalance started before the sync: join again.
+            Error::RebalanceInProgress { .. } => {
+                membership.joining = true;
+                Ok(())
+            }
+            Error::FencedInstanceId { .. } => {
+                membership.fenced = Some(error.clone());
+                membership.pending = None;
+                self.reassign_inner(&[]);
+                Err(error)
+            }
+            error => Err(error),
         }
     }
 
@@ -463,16 +932,31 @@ impl Consumer {
     /// consumer. Dropping a consumer without closing it commits nothing, as
     /// a crash would not.
     ///
+    /// A subscribed dynamic member then leaves its group, whose other
+    /// members rebalance at once. A static member
+    /// ([`group_instance_id`](ConsumerConfig::group_instance_id)) does not
+    /// leave: it is expected back, and a new incarnation that subscribes
+    /// within the session timeout takes its partitions over without a
+    /// rebalance; otherwise the coordinator removes it when its session
+    /// expires. Use [`Consumer::unsubscribe`] first to make a static member
+    /// leave for good.
+    ///
     /// # Errors
     ///
-    /// The errors of [`OffsetStore::commit`]; the consumer is released
-    /// anyway.
+    /// The errors of [`OffsetStore::commit`] and, for a subscribed consumer,
+    /// the coordinator's refusals listed at [`Consumer::commit_sync`]; the
+    /// consumer is released (and a dynamic member leaves) anyway.
     pub fn close(mut self) -> Result<()> {
         let result = if self.config.auto_commit {
             self.commit_sync()
         } else {
             Ok(())
         };
+        if let Some(membership) = self.group.take()
+            && self.config.group_instance_id.is_none()
+        {
+            membership.leave(&self.config.group_id);
+        }
         self.assigned.clear();
         result
     }
