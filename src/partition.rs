@@ -217,7 +217,9 @@ impl Partition {
         }
         let end = active.next_offset();
         let first_base = segments[0].base_offset();
-        let start = state.map_or(first_base, |s| s.log_start_offset.clamp(first_base, end));
+        let start = state.map_or(first_base, |s| {
+            s.log_start_offset.max(first_base).min(end.max(first_base))
+        });
         // Clear the clean mark before anything can be appended, or a crash
         // after the next append would trust a stale size.
         checkpoint.write(
@@ -512,7 +514,17 @@ impl Partition {
                 return Ok((appended, true));
             }
         }
-        let last_offset = base_offset + u64::from(unsealed.last_offset_delta);
+        // Offsets end at u64::MAX - 1, so that an end offset always exists.
+        let Some(last_offset) = base_offset
+            .checked_add(u64::from(unsealed.last_offset_delta))
+            .filter(|&last| last < u64::MAX)
+        else {
+            return Err(Error::OffsetOutOfRange {
+                requested: base_offset,
+                start: self.start_offset(),
+                end: base_offset,
+            });
+        };
         if self.needs_roll(&active, batch.len() as u64, last_offset) {
             self.roll(&mut active)?;
         }
@@ -1182,6 +1194,7 @@ impl Partition {
             len,
             true,
             segment.base_offset(),
+            None,
             &mut RecoveryReport::default(),
         )
     }
@@ -1492,7 +1505,15 @@ fn open_segment(
     } = Segment::open_files(storage, dir, base, config)?;
     let file_len = log.len().map_err(|e| Error::io(&log_path, e))?;
     let min_offset = previous_next.unwrap_or(base).max(base);
-    let plan = recovery::plan_segment(base, is_last, file_len, point);
+    let mut plan = recovery::plan_segment(base, is_last, file_len, point);
+    // A clean mark whose next offset lies below its segment's base cannot be
+    // true: the segment is scanned instead.
+    if plan == SegmentPlan::TrustClean && state.is_some_and(|s| s.next_offset < base) {
+        plan = SegmentPlan::Scan {
+            synced_position: 0,
+            is_last,
+        };
+    }
     let (size, next_offset) = match plan {
         SegmentPlan::TrustClean => {
             report.clean = true;
@@ -1526,6 +1547,7 @@ fn open_segment(
                 synced_position,
                 is_last,
                 min_offset,
+                next_base,
                 report,
             );
         }
@@ -1548,7 +1570,7 @@ fn open_segment(
     // like synced data.
     report.indexes_rebuilt += 1;
     scan_segment(
-        storage, dir, config, base, file_len, file_len, is_last, min_offset, report,
+        storage, dir, config, base, file_len, file_len, is_last, min_offset, next_base, report,
     )
 }
 
@@ -1564,6 +1586,7 @@ fn scan_segment(
     synced_position: u64,
     is_last: bool,
     min_offset: u64,
+    next_base: Option<u64>,
     report: &mut RecoveryReport,
 ) -> Result<Segment> {
     report.segments_scanned += 1;
@@ -1601,6 +1624,13 @@ fn scan_segment(
                         &log_path,
                         position,
                         CorruptKind::Record("offset too far from the segment base"),
+                    ))
+                } else if next_base.is_some_and(|next| header.next_offset() > next) {
+                    // A segment ends before the next one begins.
+                    Err(Error::corrupt(
+                        &log_path,
+                        position,
+                        CorruptKind::Record("batch runs into the next segment's offsets"),
                     ))
                 } else {
                     Ok(header)
@@ -1731,6 +1761,9 @@ struct BatchCursor {
     position: u64,
     /// The next offset the reader wants.
     next_offset: u64,
+    /// The offset after the last batch returned: no later batch may start
+    /// below it.
+    floor: u64,
     truncations: u64,
 }
 
@@ -1758,6 +1791,7 @@ impl BatchCursor {
             segment,
             position,
             next_offset: offset,
+            floor: 0,
             truncations,
         })
     }
@@ -1781,11 +1815,41 @@ impl BatchCursor {
                 let position = self.position;
                 let (header, batch) = self.segment.read_batch(position)?;
                 self.partition.inner.counters.read(batch.len());
+                let corrupt = |found| {
+                    Error::corrupt(
+                        self.segment.log_path(),
+                        position,
+                        CorruptKind::OffsetOrder {
+                            expected_at_least: self.floor,
+                            found,
+                        },
+                    )
+                };
+                // Batches never go back: one that starts below where the
+                // last returned one ended is damage, not data.
+                if header.base_offset < self.floor {
+                    return Err(corrupt(header.base_offset));
+                }
+                let end = self.partition.end_offset();
+                if header.base_offset >= end {
+                    // Not published yet (or bytes past the end): stop here.
+                    return Ok(None);
+                }
+                if header.last_offset() >= end {
+                    // A truncation may have cut this batch while it was
+                    // read: look again from where the log now ends.
+                    if self.partition.inner.truncations.load(Ordering::Acquire) != self.truncations
+                    {
+                        continue;
+                    }
+                    return Err(corrupt(header.base_offset));
+                }
                 self.position += u64::from(header.batch_length);
                 if header.last_offset() < self.next_offset {
                     continue;
                 }
                 self.next_offset = header.next_offset();
+                self.floor = self.next_offset;
                 return Ok(Some((header, batch, position)));
             }
             let segments = self.partition.snapshot();

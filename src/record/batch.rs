@@ -143,10 +143,11 @@ impl BatchHeader {
                 "record count does not fit the offset span",
             ));
         }
+        // The offset after the last record must exist too.
         if header
             .base_offset
             .checked_add(u64::from(header.last_offset_delta))
-            .is_none()
+            .is_none_or(|last| last == u64::MAX)
         {
             return Err(CorruptKind::Record("last offset overflows"));
         }

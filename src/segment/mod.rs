@@ -512,6 +512,17 @@ impl Segment {
             .map_err(|e| Error::io(&self.log_path, e))?;
         let verified = batch::verify_batch(&bytes, STORED_BATCH_BYTES_MAX)
             .map_err(|kind| Error::corrupt(&self.log_path, position, kind))?;
+        // A batch belongs to its segment's offsets, whatever its checksum.
+        if verified.base_offset < self.base_offset || !self.offsets_fit(verified.last_offset()) {
+            return Err(Error::corrupt(
+                &self.log_path,
+                position,
+                CorruptKind::OffsetOrder {
+                    expected_at_least: self.base_offset,
+                    found: verified.base_offset,
+                },
+            ));
+        }
         Ok((verified, bytes))
     }
 
