@@ -235,6 +235,75 @@ pub enum Error {
         max: usize,
     },
 
+    /// The replica asked to take a write or serve a fetch does not lead the
+    /// partition (see the `replication` module). `leader` is the replica
+    /// that does, as far as this one knows; send the request there.
+    #[error(
+        "replica {replica} does not lead partition {partition} (leader: {leader:?}, epoch {leader_epoch})"
+    )]
+    NotLeader {
+        /// The partition.
+        partition: u32,
+        /// The replica that was asked.
+        replica: u32,
+        /// The leader as this replica knows it, if any.
+        leader: Option<u32>,
+        /// The leader epoch this replica knows.
+        leader_epoch: i32,
+    },
+
+    /// An `Acks::All` write was refused before anything was written: fewer
+    /// replicas are in sync than `min_insync_replicas` requires.
+    #[error("partition {partition} has {in_sync} in-sync replicas, {required} required")]
+    NotEnoughReplicas {
+        /// The partition.
+        partition: u32,
+        /// Replicas in sync now.
+        in_sync: usize,
+        /// `min_insync_replicas`.
+        required: usize,
+    },
+
+    /// An `Acks::All` write was written by the leader but not replicated to
+    /// the in-sync replicas in time. It may still be committed later: retry
+    /// through an idempotent producer, which never appends it twice.
+    #[error(
+        "offset {offset} of partition {partition} was not replicated in time (high watermark {high_watermark})"
+    )]
+    ReplicationTimeout {
+        /// The partition.
+        partition: u32,
+        /// The last offset of the write.
+        offset: u64,
+        /// The high watermark when the wait ended.
+        high_watermark: u64,
+    },
+
+    /// A request carried a leader epoch that does not match this replica's:
+    /// one of the two has not yet heard of the latest leadership change.
+    #[error(
+        "partition {partition}: request for leader epoch {requested}, this replica is at {current}"
+    )]
+    LeaderEpochMismatch {
+        /// The partition.
+        partition: u32,
+        /// The epoch the request carried.
+        requested: i32,
+        /// The epoch this replica knows.
+        current: i32,
+    },
+
+    /// A controller refused a change: it was based on an outdated state, came
+    /// from a replica that is not the leader, or names unknown or offline
+    /// replicas.
+    #[error("partition {partition}: the controller refused the change: {reason}")]
+    ControllerRefused {
+        /// The partition.
+        partition: u32,
+        /// Why.
+        reason: String,
+    },
+
     /// The log (or the producer) was closed.
     #[error("the log is closed")]
     Closed,

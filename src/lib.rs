@@ -67,6 +67,8 @@ mod producer;
 mod producer_state;
 mod record;
 mod recovery;
+#[cfg(feature = "replication")]
+pub mod replication;
 mod segment;
 mod stats;
 #[cfg(not(feature = "internals"))]

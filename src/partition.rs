@@ -525,13 +525,33 @@ impl Partition {
                 end: base_offset,
             });
         };
-        if self.needs_roll(&active, batch.len() as u64, last_offset) {
-            self.roll(&mut active)?;
-        }
-        let bytes = batch.seal(base_offset);
-        let position = active.write(bytes).map_err(|e| self.poison(e))?;
+        batch.seal(base_offset);
         let header = batch.header();
-        debug_assert_eq!(header.base_offset, base_offset);
+        debug_assert_eq!(header.last_offset(), last_offset);
+        self.put_sealed(&mut active, batch.bytes(), header)?;
+        let appended = Appended {
+            partition: inner.id,
+            base_offset,
+            last_offset: header.last_offset(),
+            max_timestamp: header.max_timestamp,
+        };
+        Ok((appended, false))
+    }
+
+    /// Writes a sealed batch that starts at the end offset to the end of the
+    /// active segment (rolling first when it does not fit) and publishes it.
+    /// The caller holds the writer lock.
+    fn put_sealed(
+        &self,
+        active: &mut Arc<Segment>,
+        bytes: &[u8],
+        header: BatchHeader,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        if self.needs_roll(active, bytes.len() as u64, header.last_offset()) {
+            self.roll(active)?;
+        }
+        let position = active.write(bytes).map_err(|e| self.poison(e))?;
         active
             .append_meta(
                 BatchMeta { header, position },
@@ -544,13 +564,7 @@ impl Partition {
         inner
             .end_offset
             .store(header.next_offset(), Ordering::Release);
-        let appended = Appended {
-            partition: inner.id,
-            base_offset,
-            last_offset: header.last_offset(),
-            max_timestamp: header.max_timestamp,
-        };
-        Ok((appended, false))
+        Ok(())
     }
 
     fn needs_roll(&self, active: &Segment, batch_bytes: u64, last_offset: u64) -> bool {
@@ -1420,6 +1434,139 @@ impl Partition {
     #[allow(dead_code, reason = "for fault-injection tests")]
     pub(crate) fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)
+    }
+}
+
+/// What the replication module needs of a partition: appends stamped with
+/// a leader epoch, batches read and appended as they are stored, and the
+/// files of the partition's directory.
+#[cfg(feature = "replication")]
+impl Partition {
+    /// The storage the partition's files live on.
+    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// The partition's directory.
+    pub(crate) fn directory(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The partition's durability policy.
+    pub(crate) fn durability(&self) -> Durability {
+        self.inner.config.durability
+    }
+
+    /// Appends `records` as one batch stamped with `leader_epoch` (and a
+    /// producer, for idempotence) without waiting for durability. A
+    /// producer's retry is answered with the original offsets.
+    pub(crate) fn write_stamped(
+        &self,
+        records: &[Record],
+        producer: Option<ProducerStamp>,
+        leader_epoch: i32,
+    ) -> Result<Appended> {
+        if records.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let max = self.inner.config.max_batch_bytes;
+        let mut batch =
+            EncodedBatch::encode(records, now_ms(), max).map_err(|size| Error::RecordTooLarge {
+                size,
+                max: u64::from(max),
+            })?;
+        if let Some(stamp) = producer {
+            if stamp.producer_id < 0 || stamp.producer_epoch < 0 || stamp.base_sequence < 0 {
+                return Err(Error::config(
+                    "producer",
+                    "producer id, epoch and sequence must not be negative",
+                ));
+            }
+            batch.set_producer(stamp);
+        }
+        batch.set_leader_epoch(leader_epoch);
+        let uncompressed = batch.len() as u64;
+        batch.compress(self.inner.config.compression);
+        self.write_encoded(batch, uncompressed)
+    }
+
+    /// Returns once every offset below `offset` is durable, if the
+    /// partition's durability is [`Durability::Sync`]; at once otherwise.
+    pub(crate) fn sync_for_durability(&self, offset: u64) -> Result<()> {
+        if self.inner.config.durability == Durability::Sync {
+            self.sync_to(offset.min(self.end_offset()))?;
+        }
+        Ok(())
+    }
+
+    /// Whole stored batches, verified, from the one holding `offset`: at
+    /// most `max_bytes` together but at least one.
+    pub(crate) fn read_batches(&self, offset: u64, max_bytes: usize) -> Result<Vec<Bytes>> {
+        self.check_open()?;
+        let mut cursor = BatchCursor::seek(self, offset)?;
+        let mut batches = Vec::new();
+        let mut bytes = 0usize;
+        while let Some((_, batch, _)) = cursor.next_batch()? {
+            if !batches.is_empty() && bytes + batch.len() > max_bytes {
+                break;
+            }
+            bytes += batch.len();
+            batches.push(batch);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Appends batches as another replica stored them, keeping their
+    /// offsets, then waits for the configured durability. Each batch is
+    /// verified and must start at the end offset; a batch that ends at or
+    /// below the end offset is already here and skipped. Returns the
+    /// headers of the batches appended.
+    pub(crate) fn append_replicated(&self, batches: &[Bytes]) -> Result<Vec<BatchHeader>> {
+        let inner = &*self.inner;
+        let max = inner.config.max_batch_bytes;
+        let mut appended = Vec::with_capacity(batches.len());
+        {
+            let mut active = inner.writer.lock();
+            self.check_writable()?;
+            for bytes in batches {
+                let header = crate::record::batch::verify_batch(bytes, max).map_err(|kind| {
+                    Error::Corrupt {
+                        path: inner.dir.clone(),
+                        position: 0,
+                        kind,
+                    }
+                })?;
+                let end = inner.end_offset.load(Ordering::Relaxed);
+                if header.next_offset() <= end {
+                    continue;
+                }
+                if header.base_offset != end || header.last_offset() == u64::MAX {
+                    return Err(Error::Corrupt {
+                        path: inner.dir.clone(),
+                        position: 0,
+                        kind: CorruptKind::OffsetOrder {
+                            expected_at_least: end,
+                            found: header.base_offset,
+                        },
+                    });
+                }
+                self.put_sealed(&mut active, bytes, header)?;
+                inner.counters.appended(
+                    u64::from(header.record_count),
+                    bytes.len() as u64,
+                    bytes.len() as u64,
+                );
+                appended.push(header);
+            }
+        }
+        if !appended.is_empty() {
+            self.notify_tail();
+            self.sync_for_durability(self.end_offset())?;
+        }
+        Ok(appended)
     }
 }
 
