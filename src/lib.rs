@@ -59,6 +59,7 @@ pub mod internals;
 mod log;
 #[cfg(feature = "metrics")]
 mod metrics;
+#[cfg(feature = "offsets")]
 pub mod offsets;
 mod partition;
 mod partitioner;
