@@ -76,6 +76,8 @@ mod storage;
 /// Internal building blocks, exposed for benches and fuzzing only.
 #[cfg(feature = "internals")]
 pub mod storage;
+#[cfg(feature = "async")]
+mod tail;
 
 #[cfg(test)]
 mod tests;
@@ -87,3 +89,5 @@ pub use partition::{Partition, Reader, RecoveryReport, SentRange};
 pub use producer::{Producer, ProducerConfig, SendHandle, WhenFull};
 pub use record::{Appended, Header, Record, StoredRecord};
 pub use stats::PartitionStats;
+#[cfg(feature = "async")]
+pub use tail::{RecordStream, WaitFor};
