@@ -138,8 +138,8 @@ pub enum Error {
     },
 
     /// A consumer needs a position in a partition for which its group has no
-    /// committed offset, and its reset policy is
-    /// [`AutoOffsetReset::None`](crate::offsets::AutoOffsetReset::None).
+    /// committed offset, and its reset policy is `AutoOffsetReset::None`
+    /// (in the `offsets` module).
     #[error("group `{group}` has no committed offset for partition {partition}")]
     NoCommittedOffset {
         /// The consumer group.

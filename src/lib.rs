@@ -59,6 +59,7 @@ pub mod internals;
 mod log;
 #[cfg(feature = "metrics")]
 mod metrics;
+#[cfg(feature = "offsets")]
 pub mod offsets;
 mod partition;
 mod partitioner;
@@ -77,6 +78,8 @@ mod storage;
 /// Internal building blocks, exposed for benches and fuzzing only.
 #[cfg(feature = "internals")]
 pub mod storage;
+#[cfg(feature = "async")]
+mod tail;
 
 #[cfg(test)]
 mod tests;
@@ -88,3 +91,5 @@ pub use partition::{Partition, Reader, RecoveryReport, SentRange};
 pub use producer::{Producer, ProducerConfig, SendHandle, WhenFull};
 pub use record::{Appended, Header, Record, StoredRecord};
 pub use stats::PartitionStats;
+#[cfg(feature = "async")]
+pub use tail::{RecordStream, WaitFor};

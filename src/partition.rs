@@ -87,6 +87,9 @@ struct Inner {
     tail_lock: Mutex<()>,
     tail: Condvar,
     waiters: AtomicUsize,
+    /// Tasks waiting for the end offset to grow, each counted in `waiters`.
+    #[cfg(feature = "async")]
+    wakers: crate::tail::Wakers,
 }
 
 /// The batches [`Partition::send_to`] sent.
@@ -257,6 +260,8 @@ impl Partition {
             tail_lock: Mutex::new(()),
             tail: Condvar::new(),
             waiters: AtomicUsize::new(0),
+            #[cfg(feature = "async")]
+            wakers: crate::tail::Wakers::default(),
         };
         let partition = Partition {
             inner: Arc::new(inner),
@@ -326,7 +331,7 @@ impl Partition {
         self.inner.segments.read().clone()
     }
 
-    fn check_open(&self) -> Result<()> {
+    pub(crate) fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -993,9 +998,18 @@ impl Partition {
         std::sync::atomic::fence(Ordering::SeqCst);
         if inner.waiters.load(Ordering::SeqCst) > 0 {
             // Taking the lock orders this wake-up after a waiter's check.
-            let _guard = inner.tail_lock.lock();
+            let guard = inner.tail_lock.lock();
             inner.tail.notify_all();
+            drop(guard);
+            #[cfg(feature = "async")]
+            inner.wakers.wake_all(&inner.waiters);
         }
+    }
+
+    /// The wakers of waiting tasks and the waiter count that appends check.
+    #[cfg(feature = "async")]
+    pub(crate) fn tail_wakers(&self) -> (&crate::tail::Wakers, &AtomicUsize) {
+        (&self.inner.wakers, &self.inner.waiters)
     }
 
     /// The first offset whose record has a timestamp at or after
@@ -1420,8 +1434,11 @@ impl Partition {
     }
 
     fn notify_all_closed(&self) {
-        let _guard = self.inner.tail_lock.lock();
+        let guard = self.inner.tail_lock.lock();
         self.inner.tail.notify_all();
+        drop(guard);
+        #[cfg(feature = "async")]
+        self.inner.wakers.wake_all(&self.inner.waiters);
     }
 
     #[cfg(test)]

@@ -6,6 +6,8 @@
 //! nothing more, and reopens the log; `consumer_sigkill.rs` kills a real
 //! process.
 
+#![cfg(feature = "offsets")]
+
 use std::path::Path;
 use std::time::Duration;
 

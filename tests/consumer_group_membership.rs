@@ -3,6 +3,8 @@
 //! close, switching to a manual assignment, and the refusals of
 //! `subscribe`. Time comes from a `ManualClock`.
 
+#![cfg(feature = "offsets")]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -5,6 +5,8 @@
 //! only what it must. Time comes from a `ManualClock` and every consumer is
 //! driven from the test thread, so each run is deterministic.
 
+#![cfg(feature = "offsets")]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! What a poll returns: order, limits, fairness between partitions, and
 //! waking when a record arrives.
 
+#![cfg(feature = "offsets")]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Where a consumer reads: reset policies, seeks, lag, and the errors for
 //! partitions it does not have.
 
+#![cfg(feature = "offsets")]
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -5,6 +5,7 @@
 //! test then reopens the log and checks, at exact offsets, what a new
 //! consumer of the group reads.
 
+#![cfg(feature = "offsets")]
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader, Read};

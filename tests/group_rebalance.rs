@@ -3,6 +3,8 @@
 //! cooperative scale-out. Time comes from a `ManualClock`, so every timeout
 //! is deterministic.
 
+#![cfg(feature = "offsets")]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -133,15 +133,21 @@ impl Membership {
         self.next_request.is_some_and(|due| now >= due)
     }
 
-    /// Whether the coordinator lets this member commit now.
-    fn commit_allowed(&self, group: &str) -> Result<()> {
+    /// Commits `offsets` to `store` if the coordinator lets this member
+    /// commit, with no rebalance completing between its check and the write.
+    fn commit(
+        &self,
+        store: &OffsetStore,
+        group: &str,
+        offsets: &[(u32, OffsetAndMetadata)],
+    ) -> Result<()> {
         if let Some(error) = &self.fenced {
             return Err(error.clone());
         }
         match &self.member_id {
             Some(member_id) if self.generation > 0 => {
                 self.coordinator
-                    .commit_allowed(group, member_id, self.generation)
+                    .commit(store, group, member_id, self.generation, offsets)
             }
             _ => Err(Error::RebalanceInProgress {
                 group: group.to_owned(),
@@ -637,10 +643,10 @@ impl Consumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        if let Some(membership) = &self.group {
-            membership.commit_allowed(&self.config.group_id)?;
+        match &self.group {
+            Some(membership) => membership.commit(&self.store, &self.config.group_id, offsets),
+            None => self.store.commit(&self.config.group_id, offsets),
         }
-        self.store.commit(&self.config.group_id, offsets)
     }
 
     /// Commits the given offsets (the next offset to read in each

@@ -21,10 +21,12 @@
 //!    commit, give up partitions as the assignor requires, and `join` again.
 //! 4. [`leave`](GroupCoordinator::leave) on a clean shutdown.
 //!
-//! Before committing offsets, the offset store asks
-//! [`commit_allowed`](GroupCoordinator::commit_allowed): a commit from a
-//! member that was removed, or that carries an old generation, is refused, so
-//! a zombie cannot overwrite the progress of a partition's new owner.
+//! A member commits its offsets through
+//! [`commit`](GroupCoordinator::commit), which writes them to the
+//! [`OffsetStore`] only if the member may commit: a commit from a member that
+//! was removed, or that carries an old generation, is refused, so a zombie
+//! cannot overwrite the progress of a partition's new owner. The check and
+//! the write form one step: no rebalance completes between them.
 //!
 //! What a member gives up, and when, depends on the assignor:
 //!
@@ -68,9 +70,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use super::assignor::{AssignorKind, AssignorMember};
+use super::store::{OffsetAndMetadata, OffsetStore};
 use crate::error::{Error, Result};
 
 /// How many replaced member ids of static members a group remembers, to
@@ -419,7 +422,10 @@ pub struct MemberDescription {
 /// The coordinator of the consumer groups of one topic.
 ///
 /// Cheap to clone: clones share the same groups. Safe to share between
-/// threads; every request takes one short lock.
+/// threads; every request takes one short lock, except that a
+/// [`commit`](GroupCoordinator::commit) holds it shared while it writes to
+/// the offset store, so requests that could change a group wait for the
+/// commits under way (commits do not wait for each other).
 ///
 /// ```
 /// use durable_log::offsets::{
@@ -458,7 +464,12 @@ struct Inner {
     partitions: u32,
     config: GroupConfig,
     clock: Arc<dyn Clock>,
-    state: Mutex<State>,
+    /// Requests take it exclusively; a commit holds it shared from its
+    /// check to the end of its write, so that no generation or membership
+    /// changes in between.
+    state: RwLock<State>,
+    #[cfg(test)]
+    hooks: tests::Hooks,
 }
 
 #[derive(Default)]
@@ -505,7 +516,9 @@ impl GroupCoordinator {
                 partitions,
                 config,
                 clock,
-                state: Mutex::new(State::default()),
+                state: RwLock::new(State::default()),
+                #[cfg(test)]
+                hooks: tests::Hooks::default(),
             }),
         })
     }
@@ -543,7 +556,7 @@ impl GroupCoordinator {
     ///   `max_group_size`.
     pub fn join(&self, request: &JoinRequest) -> Result<JoinResponse> {
         let now = self.inner.clock.now();
-        let mut state = self.inner.state.lock();
+        let mut state = self.write_state();
         let State {
             groups,
             members_created,
@@ -700,6 +713,11 @@ impl GroupCoordinator {
     /// member can commit before it gives up its partitions. This check does
     /// not keep the session alive.
     ///
+    /// The answer may be stale as soon as it is given: a rebalance can
+    /// complete before the member writes. To commit, use
+    /// [`commit`](GroupCoordinator::commit), which checks and writes in one
+    /// step.
+    ///
     /// # Errors
     ///
     /// - `Error::UnknownMember` when the member is not (or no longer) in the
@@ -712,18 +730,46 @@ impl GroupCoordinator {
     ///   generation but has not fetched its assignment with `sync`.
     pub fn commit_allowed(&self, group: &str, member_id: &str, generation: u32) -> Result<()> {
         self.with_group(group, member_id, |group, ctx| {
-            let current = group.generation;
-            let member = group.member_mut(ctx, member_id)?;
-            if generation != current {
-                return Err(illegal_generation(ctx, member_id, generation, current));
-            }
-            if !member.synced {
-                return Err(Error::RebalanceInProgress {
-                    group: ctx.name.to_owned(),
-                });
-            }
-            Ok(())
+            group.commit_allowed(ctx, member_id, generation)
         })
+    }
+
+    /// Commits `offsets` for the member to `store` (see
+    /// [`OffsetStore::commit`]) if the member may commit, as
+    /// [`commit_allowed`](GroupCoordinator::commit_allowed) decides; durable
+    /// when this returns.
+    ///
+    /// The check and the write are one step: requests that could end the
+    /// member's generation or remove it (a join that completes a rebalance,
+    /// an expired session, a leave) wait until the write is done. So a
+    /// commit is either refused or written before the rebalance that fences
+    /// its member completes, and a zombie's commit can never land after the
+    /// new owner of a partition has started from the committed offset.
+    ///
+    /// # Errors
+    ///
+    /// The refusals of [`commit_allowed`](GroupCoordinator::commit_allowed)
+    /// (nothing is written then) and the errors of [`OffsetStore::commit`].
+    pub fn commit(
+        &self,
+        store: &OffsetStore,
+        group: &str,
+        member_id: &str,
+        generation: u32,
+        offsets: &[(u32, OffsetAndMetadata)],
+    ) -> Result<()> {
+        let mut state = self.write_state();
+        self.in_group(&mut state, group, member_id, |g, ctx| {
+            g.commit_allowed(ctx, member_id, generation)
+        })?;
+        // Shared from here: other commits may write alongside, and nothing
+        // that changes a group can take the lock until this write is done.
+        let state = RwLockWriteGuard::downgrade(state);
+        #[cfg(test)]
+        self.inner.hooks.commit_checked();
+        let result = store.commit(group, offsets);
+        drop(state);
+        result
     }
 
     /// Evaluates the session and rebalance timeouts of every group now and
@@ -732,7 +778,7 @@ impl GroupCoordinator {
     /// removed even when no other member makes a request.
     pub fn check_timeouts(&self) -> usize {
         let now = self.inner.clock.now();
-        let mut state = self.inner.state.lock();
+        let mut state = self.write_state();
         let mut removed = 0;
         for (name, group) in &mut state.groups {
             let ctx = Ctx {
@@ -750,7 +796,7 @@ impl GroupCoordinator {
     /// member ever joined it.
     pub fn describe(&self, group: &str) -> Option<GroupDescription> {
         let now = self.inner.clock.now();
-        let mut state = self.inner.state.lock();
+        let mut state = self.write_state();
         let entry = state.groups.get_mut(group)?;
         let ctx = Ctx {
             name: group,
@@ -762,14 +808,37 @@ impl GroupCoordinator {
         Some(entry.describe(group))
     }
 
+    /// The state, exclusively.
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        #[cfg(test)]
+        {
+            if let Some(state) = self.inner.state.try_write() {
+                return state;
+            }
+            self.inner.hooks.contended();
+        }
+        self.inner.state.write()
+    }
+
     fn with_group<T>(
         &self,
         name: &str,
         member_id: &str,
         f: impl FnOnce(&mut Group, &Ctx<'_>) -> Result<T>,
     ) -> Result<T> {
+        let mut state = self.write_state();
+        self.in_group(&mut state, name, member_id, f)
+    }
+
+    /// Runs `f` on the group between evaluations of its timeouts.
+    fn in_group<T>(
+        &self,
+        state: &mut State,
+        name: &str,
+        member_id: &str,
+        f: impl FnOnce(&mut Group, &Ctx<'_>) -> Result<T>,
+    ) -> Result<T> {
         let now = self.inner.clock.now();
-        let mut state = self.inner.state.lock();
         let Some(group) = state.groups.get_mut(name) else {
             return Err(Error::UnknownMember {
                 group: name.to_owned(),
@@ -891,6 +960,21 @@ impl Group {
                 group: ctx.name.to_owned(),
                 member_id: member_id.to_owned(),
             })
+    }
+
+    /// See [`GroupCoordinator::commit_allowed`].
+    fn commit_allowed(&mut self, ctx: &Ctx<'_>, member_id: &str, generation: u32) -> Result<()> {
+        let current = self.generation;
+        let member = self.member_mut(ctx, member_id)?;
+        if generation != current {
+            return Err(illegal_generation(ctx, member_id, generation, current));
+        }
+        if !member.synced {
+            return Err(Error::RebalanceInProgress {
+                group: ctx.name.to_owned(),
+            });
+        }
+        Ok(())
     }
 
     fn unknown(&self, ctx: &Ctx<'_>, member_id: &str) -> Error {
@@ -1455,6 +1539,148 @@ mod tests {
             other => panic!("expected IllegalGeneration, got {other:?}"),
         }
         assert!(f.commit(&a).is_ok());
+    }
+
+    /// One-shot callbacks at the two points where a commit and a rebalance
+    /// can interleave.
+    #[derive(Default)]
+    pub(super) struct Hooks {
+        /// Runs in `commit` between the check and the write.
+        commit_checked: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+        /// Runs when a request finds the state locked and is about to wait.
+        contended: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Hooks {
+        pub(super) fn commit_checked(&self) {
+            let hook = self.commit_checked.lock().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+
+        pub(super) fn contended(&self) {
+            let hook = self.contended.lock().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+    }
+
+    /// What the rebalancing thread reached: finished, or found the
+    /// coordinator locked and waits for it.
+    #[derive(Default)]
+    struct Progress {
+        flags: std::sync::Mutex<(bool, bool)>,
+        changed: std::sync::Condvar,
+    }
+
+    impl Progress {
+        fn set(&self, finished: bool) {
+            let mut flags = self.flags.lock().expect("flags");
+            if finished {
+                flags.0 = true;
+            } else {
+                flags.1 = true;
+            }
+            self.changed.notify_all();
+        }
+
+        fn wait_finished_or_waiting(&self) {
+            let flags = self.flags.lock().expect("flags");
+            let _flags = self
+                .changed
+                .wait_while(flags, |(finished, waiting)| !*finished && !*waiting);
+        }
+
+        fn get(&self) -> (bool, bool) {
+            *self.flags.lock().expect("flags")
+        }
+    }
+
+    /// A new member joins; the old one never rejoins and its session runs
+    /// out, so the rebalance completes without it; the new owner of every
+    /// partition then commits 100 for partition 0.
+    fn take_over_and_commit(g: &Fixture, store: &OffsetStore) {
+        let mut owner = Client::new(false);
+        g.try_join(&mut owner).expect("join starts a rebalance");
+        for _ in 0..10 {
+            if owner.phase == Phase::Stable {
+                break;
+            }
+            g.advance(SESSION / 2);
+            g.try_join(&mut owner).expect("rejoin");
+        }
+        assert_eq!((owner.generation, owner.held.len()), (2, 4));
+        let offsets = [(0, OffsetAndMetadata::new(100))];
+        g.groups
+            .commit(store, GROUP, owner.id(), owner.generation, &offsets)
+            .expect("the new owner commits");
+    }
+
+    /// A member's commit was checked while it was still in generation 1;
+    /// before it writes, another thread runs a rebalance that removes it and
+    /// the new owner commits. The stalled write must not land after that:
+    /// the rebalance waits for it, so the new owner's commit is the one that
+    /// stays. (Before the check and the write were one step, the rebalance
+    /// and the new commit ran in the gap and the zombie's offset won.)
+    #[test]
+    fn rebalance_cannot_complete_between_a_commit_check_and_its_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = crate::Config::default().partitions(4);
+        let log = crate::Log::open(dir.path(), config).expect("open log");
+        let store = OffsetStore::open(&log).expect("open store");
+        let f = fixture(4, AssignorKind::Range);
+        let mut zombie = Client::new(false);
+        f.run(&mut [&mut zombie]);
+        assert_eq!((zombie.generation, zombie.held.len()), (1, 4));
+
+        let progress = Arc::new(Progress::default());
+        let waiting = progress.clone();
+        *f.groups.inner.hooks.contended.lock() = Some(Box::new(move || waiting.set(false)));
+        let rebalancer = Arc::new(Mutex::new(None));
+        let (spawned, progress_in_hook) = (rebalancer.clone(), progress.clone());
+        let g = Fixture {
+            clock: f.clock.clone(),
+            groups: f.groups.clone(),
+        };
+        let store_in_hook = store.clone();
+        *f.groups.inner.hooks.commit_checked.lock() = Some(Box::new(move || {
+            let progress = progress_in_hook.clone();
+            *spawned.lock() = Some(std::thread::spawn(move || {
+                take_over_and_commit(&g, &store_in_hook);
+                progress.set(true);
+            }));
+            // Let the rebalance run to its end, unless it has to wait for
+            // this commit.
+            progress_in_hook.wait_finished_or_waiting();
+        }));
+
+        let stale = [(0, OffsetAndMetadata::new(5))];
+        let result = f
+            .groups
+            .commit(&store, GROUP, zombie.id(), zombie.generation, &stale);
+        let thread = rebalancer.lock().take().expect("spawned");
+        thread.join().expect("rebalancer");
+        assert!(result.is_ok(), "checked before the rebalance: {result:?}");
+        assert_eq!(
+            store.committed(GROUP, 0).map(|c| c.offset),
+            Some(100),
+            "the zombie's offset landed after the new owner's"
+        );
+        assert_eq!(
+            progress.get(),
+            (true, true),
+            "the rebalance must have waited for the commit in flight"
+        );
+        // Now the zombie is out of the group.
+        let late = [(0, OffsetAndMetadata::new(6))];
+        assert!(matches!(
+            f.groups
+                .commit(&store, GROUP, zombie.id(), zombie.generation, &late),
+            Err(Error::UnknownMember { .. })
+        ));
+        assert_eq!(store.committed(GROUP, 0).map(|c| c.offset), Some(100));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Consumers and their committed offsets.
 //!
+//! Built with the `offsets` cargo feature, which is on by default.
+//!
 //! A [`Consumer`] reads the partitions assigned to it and remembers, per
 //! consumer group and partition, the next offset to read: its *committed
 //! offset*, kept durably by the log's [`OffsetStore`] in
