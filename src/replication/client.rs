@@ -121,8 +121,10 @@ impl<T: Transport> ReplicatedProducer<T> {
     /// The last retriable error when the delivery timeout passes
     /// ([`Error::NotLeader`], [`Error::NotEnoughReplicas`],
     /// [`Error::ReplicationTimeout`], [`Error::LeaderEpochMismatch`],
-    /// [`Error::Io`]); at once any other error (a record too large,
-    /// [`Error::ProducerFenced`], ...).
+    /// [`Error::Io`], and [`Error::OutOfOrderSequence`] from a replica that
+    /// expects an earlier sequence: it misses acknowledged batches, so it is
+    /// a deposed leader that has not heard of its successor); at once any
+    /// other error (a record too large, [`Error::ProducerFenced`], ...).
     pub fn send(&mut self, records: Vec<Record>) -> Result<Appended> {
         let count = i32::try_from(records.len())
             .map_err(|_| Error::config("records", "too many records in one batch"))?;
@@ -177,6 +179,17 @@ impl<T: Transport> ReplicatedProducer<T> {
                     if matches!(e, Error::Io(..) | Error::LeaderEpochMismatch { .. }) {
                         self.leader = None;
                     }
+                    e
+                }
+                // Every batch before this one was acknowledged, so every
+                // current leader holds them: one that expects an earlier
+                // sequence lost its leadership without knowing it yet.
+                Err(
+                    e @ Error::OutOfOrderSequence {
+                        expected, found, ..
+                    },
+                ) if expected < found => {
+                    self.leader = None;
                     e
                 }
                 Err(e) => return Err(e),

@@ -505,11 +505,13 @@ impl Replica {
             }
             FetchOutcome::Diverging { epoch, end_offset } => {
                 let end = partition.end_offset();
-                let own_end = state
-                    .disk
-                    .epochs
-                    .end_offset_for(epoch, end)
-                    .map_or(end, |(_, own)| own);
+                // Where this log's records of `epoch` or older end: with no
+                // such epoch, where its first epoch starts.
+                let epochs = &state.disk.epochs;
+                let own_end = epochs.end_offset_for(epoch, end).map_or_else(
+                    || epochs.first_start().unwrap_or(end).min(end),
+                    |(_, own)| own,
+                );
                 let cut = end_offset.min(own_end);
                 partition.truncate_to(cut)?;
                 let mut disk = state.disk.clone();

@@ -304,3 +304,33 @@ fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
     assert_eq!(expand.isr, vec![0, 1]);
     assert_eq!(expand.partition_epoch, 1);
 }
+
+/// Regression (found by the simulation): a follower whose oldest epoch is
+/// newer than the epoch the leader names in a divergence holds nothing the
+/// leader wrote from its first epoch on, and must cut there.
+#[test]
+fn a_follower_whose_epochs_are_all_newer_cuts_at_its_first_epoch() {
+    let a = Node::new(0, Durability::Sync);
+    let b = Node::new(1, Durability::Sync);
+    apply(&[&a, &b], &state(0, 0, &[0], 0));
+    write(&a, &["r0", "r1", "r2"]);
+    // b leads epoch 1 alone without having copied anything, and writes.
+    b.replica.apply(&state(1, 1, &[1], 1)).unwrap();
+    write(&b, &["s0", "s1", "s2"]);
+    assert_eq!(b.replica.leader_epochs(), vec![(1, 0)]);
+    // a leads again; b's epoch 1 is unknown to it.
+    apply(&[&a, &b], &state(0, 2, &[0], 2));
+    write(&a, &["r3"]);
+    let outcome = fetch(&a, &b);
+    assert_eq!(
+        outcome,
+        FetchOutcome::Diverging {
+            epoch: 0,
+            end_offset: 3
+        }
+    );
+    assert_eq!(b.replica.log_end_offset(), 0);
+    fetch(&a, &b);
+    assert_eq!(a.values(), b.values());
+    assert_eq!(b.replica.leader_epochs(), vec![(0, 0), (2, 3)]);
+}

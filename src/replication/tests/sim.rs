@@ -794,6 +794,17 @@ impl Cluster {
                     current.retry_at = current.retry_at.min(now + 5);
                 }
             }
+            Err(Error::OutOfOrderSequence {
+                expected, found, ..
+            }) if expected < found => {
+                // A leader that lacks this producer's acknowledged batches
+                // has lost its leadership without knowing it yet.
+                let client = &mut self.clients[index];
+                client.leader_guess = None;
+                if let Some(current) = client.current.as_mut() {
+                    current.retry_at = current.retry_at.min(now + 50);
+                }
+            }
             Err(
                 Error::NotEnoughReplicas { .. }
                 | Error::ReplicationTimeout { .. }
