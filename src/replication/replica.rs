@@ -381,13 +381,16 @@ impl Replica {
         }
         progress.last_fetch = Some(now);
         progress.end_at_last_fetch = end;
-        // A follower outside the ISR joins once it holds everything
-        // committed, durably, and has reached this leader's epoch.
+        // A follower outside the ISR joins once it holds, synced, everything
+        // committed: the high watermark, and the start of this leader's
+        // epoch, since a new leader's high watermark may lag the one its
+        // predecessor reached (every record committed then is below the
+        // epoch start).
         let current = state.current.as_ref().expect("a leader has a state");
         if leading.pending.is_none()
             && !current.isr.contains(&fetch.replica)
             && progress.durable >= state.high_watermark
-            && progress.fetch_offset >= leading.epoch_start
+            && progress.durable >= leading.epoch_start
         {
             let mut isr = current.isr.clone();
             isr.push(fetch.replica);

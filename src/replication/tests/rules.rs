@@ -334,3 +334,35 @@ fn a_follower_whose_epochs_are_all_newer_cuts_at_its_first_epoch() {
     assert_eq!(a.values(), b.values());
     assert_eq!(b.replica.leader_epochs(), vec![(0, 0), (2, 3)]);
 }
+
+/// Regression (found by the simulation): a new leader's high watermark may
+/// lag the one its predecessor reached, so a follower joins the ISR only
+/// once it has synced everything up to the start of the leader's epoch —
+/// otherwise a power loss could leave an elected ISR member without a
+/// committed record.
+#[test]
+fn a_follower_joins_the_isr_only_with_the_leaders_epoch_start_synced() {
+    let a = Node::new(0, Durability::Sync);
+    let b = Node::new(1, Durability::Sync);
+    let c = Node::new(2, Durability::Interval(Duration::from_secs(3600)));
+    apply(&[&a, &b, &c], &state(0, 0, &[0, 1], 0));
+    write(&a, &["r0", "r1"]);
+    fetch(&a, &b);
+    // b's next fetch commits r0 and r1; the answer is lost.
+    let (_, request) = b.replica.fetch_request().unwrap();
+    a.replica.handle_fetch(&request, Instant::now()).unwrap();
+    assert_eq!(a.replica.high_watermark(), 2, "committed by a and b");
+    assert_eq!(b.replica.high_watermark(), 0, "b has not heard yet");
+    // b leads; a is gone.
+    apply(&[&b, &c], &state(1, 1, &[1], 1));
+    let now = Instant::now();
+    b.replica.tick(now).unwrap();
+    fetch(&b, &c);
+    fetch(&b, &c);
+    assert_eq!(c.replica.log_end_offset(), 2);
+    assert_eq!(b.replica.tick(now).unwrap(), None, "c has synced nothing");
+    c.replica.partition().sync().unwrap();
+    fetch(&b, &c);
+    let expand = b.replica.tick(now).unwrap().expect("an expansion");
+    assert_eq!(expand.isr, vec![1, 2]);
+}
