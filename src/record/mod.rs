@@ -101,8 +101,11 @@ pub struct StoredRecord {
 }
 
 /// Where an append landed.
+///
+/// Not `#[non_exhaustive]`: it is the answer a replication
+/// `Transport::produce` carries back over the host's RPC, which rebuilds it
+/// from its fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Appended {
     /// The partition that holds the records.
     pub partition: u32,

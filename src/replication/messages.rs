@@ -1,5 +1,9 @@
 //! The requests and responses replicas, producers and the controller
 //! exchange. They are plain data: the host carries them over its own RPC.
+//!
+//! None of them is `#[non_exhaustive]`: the receiving end of that RPC has
+//! to build them again from their fields. A field added to a message is a
+//! breaking change anyway, since every host must then carry it.
 
 use std::time::Duration;
 
@@ -38,7 +42,6 @@ pub enum Acks {
 /// them. Replicas act on the state with the highest
 /// `(leader_epoch, partition_epoch)` they have been given.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct PartitionState {
     /// The partition.
     pub partition: u32,
@@ -82,7 +85,6 @@ impl PartitionState {
 
 /// A follower's request for the records after its log end.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Fetch {
     /// The follower asking.
     pub replica: ReplicaId,
@@ -107,7 +109,6 @@ pub struct Fetch {
 
 /// The leader's answer to a [`Fetch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct FetchResponse {
     /// The partition.
     pub partition: u32,
@@ -152,7 +153,6 @@ pub enum FetchOutcome {
 
 /// A producer's write to a partition's leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct ProduceRequest {
     /// The partition.
     pub partition: u32,
@@ -217,7 +217,6 @@ pub struct ProducerSequence {
 /// (Kafka's AlterPartition). It names the state it was based on, and the
 /// controller applies it only if that is still the current state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct AlterIsr {
     /// The partition.
     pub partition: u32,
