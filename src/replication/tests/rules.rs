@@ -366,3 +366,42 @@ fn a_follower_joins_the_isr_only_with_the_leaders_epoch_start_synced() {
     let expand = b.replica.tick(now).unwrap().expect("an expansion");
     assert_eq!(expand.isr, vec![1, 2]);
 }
+
+/// A follower given damaged batches refuses them with an error, appends
+/// nothing of them, and goes on once it gets good ones.
+#[test]
+fn damaged_batches_from_a_leader_are_refused_and_nothing_of_them_is_appended() {
+    let a = Node::new(0, Durability::Sync);
+    let b = Node::new(1, Durability::Sync);
+    apply(&[&a, &b], &state(0, 0, &[0, 1], 0));
+    write(&a, &["r0", "r1", "r2"]);
+    let (_, request) = b.replica.fetch_request().unwrap();
+    let response = a.replica.handle_fetch(&request, Instant::now()).unwrap();
+    let FetchOutcome::Batches(batches) = &response.outcome else {
+        panic!("batches expected");
+    };
+    let good = batches[0].clone();
+    let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+    for round in 0..200 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let mut bytes = good.to_vec();
+        match round % 3 {
+            0 => {
+                let at = (rng as usize) % bytes.len();
+                bytes[at] ^= 1 << (rng >> 32) % 8;
+            }
+            1 => bytes.truncate((rng as usize) % bytes.len()),
+            _ => bytes.extend_from_slice(&rng.to_le_bytes()),
+        }
+        let mut damaged = response.clone();
+        damaged.outcome = FetchOutcome::Batches(vec![bytes.into()]);
+        let result = b.replica.handle_fetch_response(damaged);
+        assert!(result.is_err(), "round {round}: damage accepted");
+        assert_eq!(b.replica.log_end_offset(), 0, "round {round}");
+        assert!(b.replica.leader_epochs().is_empty(), "round {round}");
+    }
+    assert!(b.replica.handle_fetch_response(response).unwrap());
+    assert_eq!(b.values(), a.values());
+}
