@@ -62,6 +62,10 @@ pub enum Cleanup {
     ///   the delete, and is removed by a later clean.
     /// - The retention limits (`retention_bytes`, `retention_age`) are not
     ///   applied; `delete_records_before` still is.
+    /// - Memory is bounded: a clean maps each key, stored whole (so no
+    ///   collision can lose a latest value), to its latest offset, in at
+    ///   most 64 MiB counting 48 bytes per key besides the key. A clean that
+    ///   fills the map goes only as far as it mapped; the next one goes on.
     ///
     /// Cleaning runs on the background thread every
     /// [`Config::retention_check_interval`] and on
