@@ -56,6 +56,8 @@ pub enum Cleanup {
     /// - The active segment is never cleaned, and only keys up to it are
     ///   considered, as in Kafka: a record in a closed segment stays until
     ///   its key is written again in a segment that has been closed too.
+    ///   Lower `segment_bytes` or `segment_max_age` for segments to close,
+    ///   and so be cleaned, sooner.
     /// - A tombstone (a record without a value) removes the earlier records
     ///   of its key at the first clean that sees it, stays for
     ///   [`Config::delete_retention`] after that clean so consumers can see

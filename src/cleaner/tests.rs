@@ -1022,8 +1022,12 @@ fn a_crash_at_every_step_of_the_swap_leaves_old_or_new() {
         let mut n = 1;
         loop {
             let mut finished = false;
-            for how in 0..3u64 {
-                let sim = SimStorage::new(n * 3 + how);
+            // Power losses with several seeds where the directory changes
+            // between fsyncs (which one of them reaches the disk varies),
+            // then a process crash, then a reopen in the same boot.
+            let power_losses = if fault == Fault::SyncFails { 4 } else { 1 };
+            for how in 0..power_losses + 2 {
+                let sim = SimStorage::new(n * 8 + how);
                 let log = swap_setup(&sim, base_ms);
                 let p = log.partition(0).expect("partition 0");
                 sim.fail_after(n, fault);
@@ -1031,10 +1035,10 @@ fn a_crash_at_every_step_of_the_swap_leaves_old_or_new() {
                 sim.clear_faults();
                 finished |= result.is_ok();
                 drop(p);
-                match how {
-                    0 => sim.crash(),
-                    1 => sim.crash_clean_prefix(),
-                    _ => {}
+                if how < power_losses {
+                    sim.crash();
+                } else if how == power_losses {
+                    sim.crash_clean_prefix();
                 }
                 drop(log);
                 let what = format!("{fault:?} at {n}, crash {how}, clean gave {result:?}");
