@@ -44,7 +44,35 @@ pub enum Cleanup {
     /// Whole segments are deleted by the retention limits.
     #[default]
     Delete,
-    /// Closed segments are rewritten to keep the latest record of each key.
+    /// Closed segments are rewritten to keep the latest record of each key
+    /// (Kafka's `cleanup.policy=compact`): a key-value changelog whose
+    /// replay from the start rebuilds the latest state.
+    ///
+    /// - Every record needs a key; an append with an unkeyed record fails
+    ///   with [`Error::MissingKey`](crate::Error::MissingKey).
+    /// - Offsets never change: compaction leaves gaps, and a read at a
+    ///   removed offset returns the next record kept. The start and end
+    ///   offsets do not move.
+    /// - The active segment is never cleaned, and only keys up to it are
+    ///   considered, as in Kafka: a record in a closed segment stays until
+    ///   its key is written again in a segment that has been closed too.
+    ///   Lower `segment_bytes` or `segment_max_age` for segments to close,
+    ///   and so be cleaned, sooner.
+    /// - A tombstone (a record without a value) removes the earlier records
+    ///   of its key at the first clean that sees it, stays for
+    ///   [`Config::delete_retention`] after that clean so consumers can see
+    ///   the delete, and is removed by a later clean.
+    /// - The retention limits (`retention_bytes`, `retention_age`) are not
+    ///   applied; `delete_records_before` still is.
+    /// - Memory is bounded: a clean maps each key, stored whole (so no
+    ///   collision can lose a latest value), to its latest offset, in at
+    ///   most 64 MiB counting 48 bytes per key besides the key. A clean that
+    ///   fills the map goes only as far as it mapped; the next one goes on.
+    ///
+    /// Cleaning runs on the background thread every
+    /// [`Config::retention_check_interval`] and on
+    /// [`Log::compact`](crate::Log::compact) and
+    /// [`Partition::compact`](crate::Partition::compact).
     Compact,
 }
 
@@ -96,14 +124,17 @@ pub struct Config {
     /// Default: 1 MiB.
     pub max_batch_bytes: u32,
     /// Old segments are deleted while the partition is larger than this.
+    /// Not applied to a compacted log ([`Cleanup::Compact`]).
     ///
     /// Default: `None` (no size limit).
     pub retention_bytes: Option<u64>,
-    /// Segments whose newest record is older than this are deleted.
+    /// Segments whose newest record is older than this are deleted. Not
+    /// applied to a compacted log ([`Cleanup::Compact`]).
     ///
     /// Default: 7 days.
     pub retention_age: Option<Duration>,
-    /// How often the background thread enforces retention.
+    /// How often the background thread enforces retention, and compacts the
+    /// log when `cleanup` is [`Cleanup::Compact`].
     ///
     /// Default: 5 minutes.
     pub retention_check_interval: Duration,
@@ -121,6 +152,14 @@ pub struct Config {
     ///
     /// Default: [`Cleanup::Delete`].
     pub cleanup: Cleanup,
+    /// On a compacted log, how long a tombstone stays after the first clean
+    /// that sees it (Kafka's `delete.retention.ms`): a consumer that reads
+    /// the log from the start within this time after a clean sees every
+    /// delete. A later clean removes it. Counted from the clean, not from the
+    /// tombstone's timestamp; zero removes tombstones at the next clean.
+    ///
+    /// Default: 24 hours. At most `i64::MAX` milliseconds.
+    pub delete_retention: Duration,
 }
 
 const KIB: u64 = 1024;
@@ -148,6 +187,7 @@ impl Default for Config {
             durability: Durability::Sync,
             compression: Compression::None,
             cleanup: Cleanup::Delete,
+            delete_retention: DAY,
         }
     }
 }
@@ -192,6 +232,8 @@ setters! {
     compression: Compression;
     /// Sets [`Config::cleanup`].
     cleanup: Cleanup;
+    /// Sets [`Config::delete_retention`].
+    delete_retention: Duration;
 }
 
 impl Config {
@@ -278,10 +320,10 @@ impl Config {
                 }
             }
         }
-        if self.cleanup == Cleanup::Compact {
+        if i64::try_from(self.delete_retention.as_millis()).is_err() {
             return Err(Error::config(
-                "cleanup",
-                "this build supports only Cleanup::Delete",
+                "delete_retention",
+                "must be at most i64::MAX milliseconds",
             ));
         }
         Ok(())

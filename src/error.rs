@@ -61,6 +61,16 @@ pub enum Error {
     #[error("an append needs at least one record")]
     EmptyBatch,
 
+    /// A record without a key was appended to a compacted log
+    /// ([`Cleanup::Compact`](crate::Cleanup::Compact)), which keeps the
+    /// latest record of each key and so needs every record to have one.
+    /// Nothing of the batch was appended.
+    #[error("partition {partition} is compacted: every record needs a key")]
+    MissingKey {
+        /// The partition that refused the batch.
+        partition: u32,
+    },
+
     /// Another `Log` (in this process or another one), or an inspection,
     /// holds the directory.
     #[error("the log directory is locked by another open Log")]

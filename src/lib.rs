@@ -48,6 +48,7 @@
 #![warn(clippy::semicolon_if_nothing_returned)]
 
 mod checkpoint;
+mod cleaner;
 mod codec;
 mod config;
 mod error;
@@ -84,6 +85,7 @@ mod tail;
 #[cfg(test)]
 mod tests;
 
+pub use cleaner::CompactionReport;
 pub use config::{Cleanup, Compression, Config, Durability};
 pub use error::{CorruptKind, Error, Result};
 pub use log::Log;

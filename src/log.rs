@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::config::{Config, Durability};
+use crate::cleaner::CompactionReport;
+use crate::config::{Cleanup, Config, Durability};
 use crate::error::{CorruptKind, Error, Result};
 use crate::partition::{Partition, RecoveryReport, now_ms};
 use crate::partitioner::{StickyPartitioner, partition_for_key};
@@ -268,6 +269,20 @@ impl Log {
         enforce_retention(&self.inner)
     }
 
+    /// Compacts every partition now (see [`Partition::compact`]) and returns
+    /// what was done, added up. Also runs on its own every
+    /// `retention_check_interval` when the log's cleanup is
+    /// [`Cleanup::Compact`].
+    ///
+    /// # Errors
+    ///
+    /// The first error of any partition (the others are still compacted);
+    /// [`Error::InvalidConfig`] naming `cleanup` when the log is not
+    /// compacted.
+    pub fn compact(&self) -> Result<CompactionReport> {
+        compact(&self.inner)
+    }
+
     /// Publishes every partition's counters to the `metrics` facade now.
     /// The background thread also does this every few seconds; the append and
     /// read paths never call the facade, so they cost only relaxed atomic
@@ -339,12 +354,26 @@ fn enforce_retention(inner: &Inner) -> Result<usize> {
     first.map_or(Ok(deleted), Err)
 }
 
+fn compact(inner: &Inner) -> Result<CompactionReport> {
+    let mut total = CompactionReport::default();
+    let mut first = None;
+    for partition in &inner.partitions {
+        match partition.compact() {
+            Ok(report) => total += report,
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(total), Err)
+}
+
 /// How often the background thread publishes counters to the `metrics`
 /// facade (with the `metrics` feature).
 const METRICS_EVERY: Duration = Duration::from_secs(5);
 
-/// The thread that runs interval syncs, retention and metrics until the log
-/// closes.
+/// The thread that runs interval syncs, retention, compaction and metrics
+/// until the log closes.
 fn spawn_background(inner: Arc<Inner>, stopped: mpsc::Receiver<()>) -> Result<JoinHandle<()>> {
     let sync_every = match inner.config.durability {
         Durability::Interval(every) => Some(every),
@@ -382,7 +411,12 @@ fn spawn_background(inner: Arc<Inner>, stopped: mpsc::Receiver<()>) -> Result<Jo
                 }
                 if now >= next_retention {
                     let _ = enforce_retention(&inner);
-                    next_retention = now + retention_every;
+                    if inner.config.cleanup == Cleanup::Compact {
+                        // A failure after a swap's commit poisons the
+                        // partition, and appends report it.
+                        let _ = compact(&inner);
+                    }
+                    next_retention = Instant::now() + retention_every;
                 }
                 if now >= next_metrics {
                     #[cfg(feature = "metrics")]

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::checkpoint::{Checkpoint, State};
-use crate::config::{Config, Durability};
+use crate::cleaner::Cleaner;
+use crate::config::{Cleanup, Config, Durability};
 use crate::error::{CorruptKind, Error, Result};
 use crate::poison;
 use crate::producer_state::{Check, ProducerStates, SNAPSHOT_SUFFIX, last_sequence};
@@ -90,6 +91,8 @@ struct Inner {
     /// Tasks waiting for the end offset to grow, each counted in `waiters`.
     #[cfg(feature = "async")]
     wakers: crate::tail::Wakers,
+    /// Compaction's state (`src/cleaner`).
+    cleaner: Cleaner,
 }
 
 /// The batches [`Partition::send_to`] sent.
@@ -131,6 +134,8 @@ impl Partition {
         let opened = Instant::now();
         let mut report = RecoveryReport::default();
         apply_poison_marker(&*storage, dir, &mut report)?;
+        // Rows 12 and 13: finish or undo an interrupted compaction swap.
+        let cleaner = Cleaner::open(&*storage, dir)?;
         let names = storage.list_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut logs = BTreeSet::new();
         let mut indexes = Vec::new();
@@ -262,6 +267,7 @@ impl Partition {
             waiters: AtomicUsize::new(0),
             #[cfg(feature = "async")]
             wakers: crate::tail::Wakers::default(),
+            cleaner,
         };
         let partition = Partition {
             inner: Arc::new(inner),
@@ -327,7 +333,7 @@ impl Partition {
         }
     }
 
-    fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<Segment>>> {
         self.inner.segments.read().clone()
     }
 
@@ -338,7 +344,7 @@ impl Partition {
         Ok(())
     }
 
-    fn check_writable(&self) -> Result<()> {
+    pub(crate) fn check_writable(&self) -> Result<()> {
         self.check_open()?;
         if self.inner.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned {
@@ -391,7 +397,8 @@ impl Partition {
     /// # Errors
     ///
     /// [`Error::EmptyBatch`] for no records, [`Error::RecordTooLarge`] when
-    /// the batch would exceed `max_batch_bytes`, [`Error::Poisoned`] after an
+    /// the batch would exceed `max_batch_bytes`, [`Error::MissingKey`] for a
+    /// record without a key on a compacted log, [`Error::Poisoned`] after an
     /// earlier I/O failure, [`Error::Closed`], and [`Error::Io`] (which
     /// poisons the partition).
     pub fn append(&self, records: &[Record]) -> Result<Appended> {
@@ -497,6 +504,11 @@ impl Partition {
     /// was a producer's retry, answered with the original offsets.
     fn write_batch(&self, mut batch: EncodedBatch) -> Result<(Appended, bool)> {
         let inner = &*self.inner;
+        if batch.has_unkeyed() && inner.config.cleanup == Cleanup::Compact {
+            return Err(Error::MissingKey {
+                partition: inner.id,
+            });
+        }
         let mut active = inner.writer.lock();
         self.check_writable()?;
         let base_offset = inner.end_offset.load(Ordering::Relaxed);
@@ -861,7 +873,8 @@ impl Partition {
             if !records.is_empty() && bytes + batch.len() > max_bytes {
                 break;
             }
-            bytes += batch.len();
+            let len = batch.len();
+            let before = records.len();
             for record in Records::new(header, batch).skip_before(offset) {
                 let record =
                     record.map_err(|kind| Error::corrupt(cursor.path(), position, kind))?;
@@ -869,6 +882,12 @@ impl Partition {
                     records.push(record);
                 }
             }
+            if records.len() == before {
+                // Compaction removed this batch's records from `offset` on
+                // (it keeps the batch's offset span): it does not count.
+                continue;
+            }
+            bytes += len;
             if bytes >= max_bytes {
                 break;
             }
@@ -1065,6 +1084,10 @@ impl Partition {
         if offset >= inner.end_offset.load(Ordering::Acquire) {
             return Ok(());
         }
+        inner
+            .cleaner
+            .truncate(&*inner.storage, &inner.dir, offset)
+            .map_err(|e| self.poison(e))?;
         let segments = self.snapshot();
         let keep = segments.iter().filter(|s| s.base_offset() < offset).count();
         let start = self.start_offset();
@@ -1153,11 +1176,24 @@ impl Partition {
         }
         self.sync_dir()?;
         let mut list: Vec<Arc<Segment>> = segments[..keep - 1].to_vec();
-        list.push(Arc::new(self.rewrite_prefix(
-            &cut_segment,
-            position,
-            offset,
-        )?));
+        let cut = self.rewrite_prefix(&cut_segment, position, offset)?;
+        if cut.next_offset() < offset {
+            // Compaction removed the records just below `offset`: the end
+            // offset would rest on nothing but memory, and a reopen would
+            // give those offsets again. A segment that starts at `offset`
+            // records it in its name.
+            cut.seal()?;
+            list.push(Arc::new(cut));
+            list.push(Arc::new(Segment::create(
+                &*inner.storage,
+                &inner.dir,
+                offset,
+                &inner.config,
+            )?));
+            self.sync_dir()?;
+        } else {
+            list.push(Arc::new(cut));
+        }
         Ok(list)
     }
 
@@ -1185,8 +1221,9 @@ impl Partition {
         }
         if position < segment.size() {
             let (header, batch) = segment.read_batch(position)?;
-            if header.base_offset < offset {
-                let kept = self.batch_prefix(segment, header, batch, position, offset)?;
+            if header.base_offset < offset
+                && let Some(kept) = self.batch_prefix(segment, header, batch, position, offset)?
+            {
                 file.write_at(kept.bytes(), position)
                     .map_err(|e| Error::io(&temp, e))?;
             }
@@ -1228,7 +1265,8 @@ impl Partition {
     }
 
     /// The records of a batch below `offset`, as a batch with the same base
-    /// offset, offsets, timestamps and producer.
+    /// offset, offsets, timestamps and producer; `None` when there is none
+    /// (compaction may have removed a batch's first records).
     fn batch_prefix(
         &self,
         segment: &Segment,
@@ -1236,7 +1274,7 @@ impl Partition {
         batch: Bytes,
         position: u64,
         offset: u64,
-    ) -> Result<EncodedBatch> {
+    ) -> Result<Option<EncodedBatch>> {
         let mut records = Vec::new();
         let mut deltas = Vec::new();
         for record in Records::new(header, batch) {
@@ -1252,6 +1290,9 @@ impl Partition {
                 timestamp: Some(record.timestamp),
                 headers: record.headers,
             });
+        }
+        if records.is_empty() {
+            return Ok(None);
         }
         let mut kept = EncodedBatch::encode_with_deltas(
             &records,
@@ -1280,7 +1321,7 @@ impl Partition {
             _ => crate::Compression::None,
         });
         kept.seal(header.base_offset);
-        Ok(kept)
+        Ok(Some(kept))
     }
 
     fn remove_files(&self, segment: &Segment) -> Result<()> {
@@ -1338,11 +1379,12 @@ impl Partition {
 
     /// Deletes old segments by the retention limits (and those wholly below
     /// the start offset); returns how many were deleted. The active segment
-    /// is never deleted.
+    /// is never deleted, and a compacted log applies no limit.
     pub(crate) fn enforce_retention_at(&self, now_ms: i64) -> Result<usize> {
         let active = self.inner.writer.lock();
         self.check_writable()?;
-        self.delete_old_segments(&active, now_ms, true)
+        let apply_limits = self.inner.config.cleanup == Cleanup::Delete;
+        self.delete_old_segments(&active, now_ms, apply_limits)
     }
 
     fn delete_old_segments(
@@ -1441,10 +1483,35 @@ impl Partition {
         self.inner.wakers.wake_all(&self.inner.waiters);
     }
 
-    #[cfg(test)]
-    #[allow(dead_code, reason = "for tests that inspect files")]
     pub(crate) fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn cleaner(&self) -> &Cleaner {
+        &self.inner.cleaner
+    }
+
+    /// Counts truncations, so that work begun before one can tell.
+    pub(crate) fn truncations(&self) -> u64 {
+        self.inner.truncations.load(Ordering::Acquire)
+    }
+
+    /// Takes the writer lock for the cleaner's swap (`src/cleaner`).
+    pub(crate) fn lock_for_swap(&self) -> Result<SwapLock<'_>> {
+        let active = self.inner.writer.lock();
+        self.check_writable()?;
+        Ok(SwapLock {
+            partition: self,
+            active,
+        })
     }
 
     #[cfg(test)]
@@ -1459,16 +1526,6 @@ impl Partition {
 /// files of the partition's directory.
 #[cfg(feature = "replication")]
 impl Partition {
-    /// The storage the partition's files live on.
-    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
-        &self.inner.storage
-    }
-
-    /// The partition's directory.
-    pub(crate) fn directory(&self) -> &Path {
-        &self.inner.dir
-    }
-
     /// The partition's durability policy.
     pub(crate) fn durability(&self) -> Durability {
         self.inner.config.durability
@@ -1584,6 +1641,56 @@ impl Partition {
             self.sync_for_durability(self.end_offset())?;
         }
         Ok(appended)
+    }
+}
+
+/// A partition under its writer lock, for the cleaner's swap: nothing
+/// appends, rolls, truncates or deletes segments while it is held.
+pub(crate) struct SwapLock<'a> {
+    partition: &'a Partition,
+    active: parking_lot::MutexGuard<'a, Arc<Segment>>,
+}
+
+impl SwapLock<'_> {
+    pub(crate) fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.partition.snapshot()
+    }
+
+    /// Makes the checkpoint durable with its recovery point in the active
+    /// segment, so that no open looks for synced bytes in a closed segment
+    /// the swap replaces (the durable recovery point may still name the
+    /// segment that was active before the last roll).
+    pub(crate) fn pin_recovery_point(&self) -> Result<()> {
+        let base = self.active.base_offset();
+        let mut checkpoint = self.partition.inner.checkpoint.lock();
+        let current = checkpoint.state();
+        let state = if current.segment >= base {
+            current
+        } else {
+            State {
+                segment: base,
+                position: 0,
+                next_offset: base,
+                ..current
+            }
+        };
+        checkpoint
+            .write(state, true)
+            .map_err(|e| self.partition.poison(e))
+    }
+
+    /// Publishes a new segment list to readers; the active segment stays.
+    pub(crate) fn install(self, list: Vec<Arc<Segment>>) {
+        assert!(
+            list.last()
+                .is_some_and(|last| Arc::ptr_eq(last, &self.active)),
+            "a swap keeps the active segment"
+        );
+        *self.partition.inner.segments.write() = Arc::new(list);
+    }
+
+    pub(crate) fn poison(&self, error: Error) -> Error {
+        self.partition.poison(error)
     }
 }
 
@@ -2018,11 +2125,28 @@ impl BatchCursor {
             }
             let segments = self.partition.snapshot();
             let base = self.segment.base_offset();
+            // A compaction may have replaced this segment meanwhile: the
+            // segment that now holds the wanted offset goes on from it.
+            let holder = &segments[segments
+                .partition_point(|s| s.base_offset() <= self.next_offset)
+                .saturating_sub(1)];
+            if !Arc::ptr_eq(holder, &self.segment) && holder.base_offset() <= self.next_offset {
+                self.position = holder.position_of(self.next_offset)?;
+                self.segment = holder.clone();
+                continue;
+            }
             match segments.iter().find(|s| s.base_offset() > base) {
                 // Offsets run on from one segment into the next; a segment
                 // that starts later means records are missing, which is
-                // reported, never skipped.
-                Some(next) if next.base_offset() > self.next_offset => {
+                // reported, never skipped — unless compaction left the gap.
+                Some(next)
+                    if next.base_offset() > self.next_offset
+                        && !self
+                            .partition
+                            .inner
+                            .cleaner
+                            .gap_allowed_before(next.base_offset()) =>
+                {
                     return Err(Error::corrupt(
                         next.log_path(),
                         0,
@@ -2033,6 +2157,8 @@ impl BatchCursor {
                     ));
                 }
                 Some(next) => {
+                    // Across a gap, the wanted offset is the first there is.
+                    self.next_offset = self.next_offset.max(next.base_offset());
                     self.segment = next.clone();
                     self.position = next.position_of(self.next_offset)?;
                 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::config::{Compression, Durability};
+use crate::config::{Cleanup, Compression, Durability};
 use crate::error::{CorruptKind, Error, Result};
 use crate::log::Log;
 use crate::partition::{Partition, now_ms};
@@ -221,6 +221,8 @@ struct Shared {
     config: ProducerConfig,
     compression: Compression,
     sync: bool,
+    /// The log is compacted: records need keys.
+    compacted: bool,
     stamp: Option<(i64, i16)>,
     sticky: StickyPartitioner,
     state: Mutex<State>,
@@ -291,6 +293,7 @@ impl Producer {
             ),
             compression,
             sync: log.config().durability == Durability::Sync,
+            compacted: log.config().cleanup == Cleanup::Compact,
             partitions,
             stamp,
             config,
@@ -321,7 +324,8 @@ impl Producer {
     /// # Errors
     ///
     /// [`Error::BufferFull`] per [`ProducerConfig::when_full`];
-    /// [`Error::Closed`] after [`Producer::close`].
+    /// [`Error::Closed`] after [`Producer::close`]; [`Error::MissingKey`]
+    /// for a record without a key on a compacted log.
     pub fn send(&self, record: Record) -> Result<SendHandle> {
         let shared = &*self.shared;
         let count = shared.partitions.len() as u32;
@@ -330,6 +334,10 @@ impl Producer {
             Some(key) => partition_for_key(key, count),
             None => shared.sticky.partition(bytes as u64),
         };
+        if record.key.is_none() && shared.compacted {
+            // Refused alone, rather than failing the batch it would join.
+            return Err(Error::MissingKey { partition });
+        }
         let mut state = shared.state.lock();
         // A timeout too long to add to now means no deadline.
         let (block, deadline) = match shared.config.when_full {

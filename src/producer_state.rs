@@ -48,7 +48,13 @@ impl BatchRecord {
     pub(crate) fn of(header: &BatchHeader) -> BatchRecord {
         BatchRecord {
             first_sequence: header.base_sequence,
-            last_sequence: last_sequence(header.base_sequence, header.record_count),
+            // The offset span, not the record count: compaction may remove
+            // records from a batch but keeps its span (appends write one
+            // record per offset, so the two agree until then).
+            last_sequence: last_sequence(
+                header.base_sequence,
+                header.last_offset_delta.saturating_add(1),
+            ),
             base_offset: header.base_offset,
             last_offset: header.last_offset(),
             max_timestamp: header.max_timestamp,

@@ -17,6 +17,10 @@
 //! | 9 | an index file without its log file, or a leftover temporary file of an interrupted rewrite | delete it | `row9_leftovers_are_removed` |
 //! | 10 | a file whose name is not one of the log's | leave it alone | `row10_foreign_files_are_ignored` |
 //! | 11 | a poison marker left by a failed write or fsync | before anything else, cut the named segment at the marked position and remove later segments | `partition::tests::row11_a_failed_fsync_is_cut_at_the_next_open` |
+//! | 12 | `cleaner-state` lists the groups of a committed compaction swap | finish it: check a renamed log's length, remove the replaced segments, rename the `.cleaned` files into place, store the state without the groups | `cleaner::swap::tests::row12_committed_swap_is_finished`, `cleaner::tests::open_finishes_a_committed_swap` |
+//! | 13 | a `.cleaned` file that no committed group names, or `cleaner-state.tmp` | delete it: the clean did not commit | `cleaner::swap::tests::row13_uncommitted_clean_is_undone`, `cleaner::tests::open_undoes_an_uncommitted_clean` |
+//!
+//! Rows 12 and 13 are decided in `src/cleaner/swap.rs`.
 
 /// How to open one segment (rows 1 to 4 and 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

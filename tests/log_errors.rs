@@ -141,7 +141,12 @@ fn each_invalid_config_field_is_named() {
             "compression",
             Config::default().compression(Compression::Zstd { level: 1000 }),
         ),
-        ("cleanup", Config::default().cleanup(Cleanup::Compact)),
+        (
+            "delete_retention",
+            Config::default()
+                .cleanup(Cleanup::Compact)
+                .delete_retention(Duration::MAX),
+        ),
     ];
     for (field, config) in cases {
         let dir = tempfile::tempdir().unwrap();

@@ -193,6 +193,8 @@ pub(crate) fn verify_batch(bytes: &[u8], max_batch_bytes: u32) -> Result<BatchHe
 #[derive(Debug, Clone)]
 pub(crate) struct EncodedBatch {
     buf: Vec<u8>,
+    /// Some record has no key (refused by a compacted log).
+    unkeyed: bool,
 }
 
 /// Producer identity stamped on a batch (for idempotence).
@@ -227,11 +229,13 @@ impl EncodedBatch {
         assert!(!records.is_empty(), "callers refuse empty batches");
         let first_timestamp = records[0].timestamp.unwrap_or(now_ms);
         let mut max_timestamp = i64::MIN;
+        let mut unkeyed = false;
         let size = HEADER_BYTES as u64
             + records
                 .iter()
                 .enumerate()
                 .map(|(i, r)| {
+                    unkeyed |= r.key.is_none();
                     let ts = r.timestamp.unwrap_or(now_ms);
                     let body = body_len(r, ts.wrapping_sub(first_timestamp), delta(i));
                     (varint::len_u64(body as u64) + body) as u64
@@ -273,7 +277,7 @@ impl EncodedBatch {
             .copy_from_slice(&first_timestamp.to_le_bytes());
         buf[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8]
             .copy_from_slice(&max_timestamp.to_le_bytes());
-        let mut batch = EncodedBatch { buf };
+        let mut batch = EncodedBatch { buf, unkeyed };
         batch.set_producer(ProducerStamp {
             producer_id: NO_PRODUCER_ID,
             producer_epoch: NO_PRODUCER_EPOCH,
@@ -313,6 +317,21 @@ impl EncodedBatch {
     pub(crate) fn set_leader_epoch(&mut self, epoch: i32) {
         self.buf[LEADER_EPOCH_OFFSET..LEADER_EPOCH_OFFSET + 4]
             .copy_from_slice(&epoch.to_le_bytes());
+    }
+
+    /// Widens the batch's offset span to `delta` (at least the last record's
+    /// delta): a batch rewritten by compaction keeps the span of the batch it
+    /// replaces after its last records were removed.
+    pub(crate) fn set_last_offset_delta(&mut self, delta: u32) {
+        let current = u32_at(&self.buf, LAST_OFFSET_DELTA_OFFSET);
+        assert!(delta >= current, "a batch's span only widens");
+        self.buf[LAST_OFFSET_DELTA_OFFSET..LAST_OFFSET_DELTA_OFFSET + 4]
+            .copy_from_slice(&delta.to_le_bytes());
+    }
+
+    /// True when some record has no key.
+    pub(crate) fn has_unkeyed(&self) -> bool {
+        self.unkeyed
     }
 
     /// Gives the batch its base offset and seals it with its checksum.

@@ -117,9 +117,10 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for an invalid `config` or a partition with
+    /// [`Error::InvalidConfig`] for an invalid `config`, a partition with
     /// [`Durability::None`] (a replica counts toward the high watermark only
-    /// what it has synced, so it needs `Sync` or `Interval`);
+    /// what it has synced, so it needs `Sync` or `Interval`), or one with
+    /// `Cleanup::Compact` (not supported yet);
     /// [`Error::Corrupt`] for a damaged `replica-state` file; [`Error::Io`].
     pub fn open(id: ReplicaId, partition: Partition, config: ReplicationConfig) -> Result<Replica> {
         config.validate()?;
@@ -127,6 +128,14 @@ impl Replica {
             return Err(Error::config(
                 "durability",
                 "a replicated partition needs Durability::Sync or Durability::Interval",
+            ));
+        }
+        if partition.config().cleanup == crate::config::Cleanup::Compact {
+            // A compacted leader sends batches with gaps between them, which
+            // a follower's append does not take yet.
+            return Err(Error::config(
+                "cleanup",
+                "replicating a compacted partition is not supported",
             ));
         }
         let disk = ReplicaState::load(&partition)?;
@@ -550,7 +559,7 @@ impl Replica {
         let mut end = partition.end_offset();
         for batch in batches {
             let header = BatchHeader::parse(batch, u32::MAX)
-                .map_err(|kind| Error::corrupt(partition.directory(), 0, kind))?;
+                .map_err(|kind| Error::corrupt(partition.dir(), 0, kind))?;
             if header.next_offset() <= end {
                 continue;
             }
@@ -561,7 +570,7 @@ impl Replica {
             }
             if header.leader_epoch > leader_epoch || !disk.epochs.assign(header.leader_epoch, end) {
                 return Err(Error::corrupt(
-                    partition.directory(),
+                    partition.dir(),
                     0,
                     CorruptKind::Metadata("a replicated batch's leader epoch is out of order"),
                 ));

@@ -172,7 +172,7 @@ impl ReplicaState {
     /// file is an empty state.
     pub(crate) fn load(partition: &Partition) -> Result<ReplicaState> {
         let storage = partition.storage();
-        let path = partition.directory().join(FILE_NAME);
+        let path = partition.dir().join(FILE_NAME);
         let mut state = if storage.exists(&path).map_err(|e| Error::io(&path, e))? {
             let file = storage
                 .open(&path, false)
@@ -207,7 +207,7 @@ impl ReplicaState {
     /// Replaces the file with this state, durably.
     pub(crate) fn store(&self, partition: &Partition) -> Result<()> {
         let storage = partition.storage();
-        let dir = partition.directory();
+        let dir = partition.dir();
         let tmp = dir.join(TMP_NAME);
         let path = dir.join(FILE_NAME);
         let io = |path: &Path| {

@@ -133,6 +133,40 @@ impl Segment {
         Self::assemble(log_path, log, 0, base_offset, index, time_index, config)
     }
 
+    /// Creates an empty segment whose files carry `suffix` after their usual
+    /// names (`<base>.log<suffix>` and so on), for a segment written in full
+    /// before it is renamed into place. Nothing is written ahead of its data,
+    /// and its indexes hold at least `index_entries` entries (plus the one
+    /// kept for sealing) whatever `max_index_bytes` says. The caller syncs
+    /// the directory.
+    pub(crate) fn create_with_suffix(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: u64,
+        suffix: &str,
+        index_entries: u64,
+        config: &Config,
+    ) -> Result<Segment> {
+        let path = |kind: &str| dir.join(format!("{}{suffix}", file_name(base_offset, kind)));
+        let log_path = path(LOG_SUFFIX);
+        let log = storage
+            .open(&log_path, true)
+            .map_err(|e| Error::io(&log_path, e))?;
+        log.set_len(0).map_err(|e| Error::io(&log_path, e))?;
+        let (index_bytes, time_bytes) = index_limits(config);
+        let index_bytes = index_bytes.max(index_entries.saturating_add(1).saturating_mul(8));
+        let time_bytes = time_bytes.max(index_entries.saturating_add(2).saturating_mul(12));
+        let index_path = path(INDEX_SUFFIX);
+        let index = Index::create(storage, &index_path, index_bytes)
+            .map_err(|e| Error::io(&index_path, e))?;
+        let time_path = path(TIME_INDEX_SUFFIX);
+        let time_index =
+            Index::create(storage, &time_path, time_bytes).map_err(|e| Error::io(&time_path, e))?;
+        let mut segment = Self::assemble(log_path, log, 0, base_offset, index, time_index, config)?;
+        segment.preallocate = false;
+        Ok(segment)
+    }
+
     fn assemble(
         log_path: PathBuf,
         log: Arc<dyn StorageFile>,

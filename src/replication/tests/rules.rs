@@ -390,7 +390,7 @@ fn damaged_batches_from_a_leader_are_refused_and_nothing_of_them_is_appended() {
         match round % 3 {
             0 => {
                 let at = (rng as usize) % bytes.len();
-                bytes[at] ^= 1 << (rng >> 32) % 8;
+                bytes[at] ^= 1 << ((rng >> 32) % 8);
             }
             1 => bytes.truncate((rng as usize) % bytes.len()),
             _ => bytes.extend_from_slice(&rng.to_le_bytes()),
