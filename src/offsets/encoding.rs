@@ -166,6 +166,21 @@ mod tests {
 
     use super::*;
 
+    /// The example in FORMAT.md.
+    #[test]
+    fn the_documented_example_bytes() {
+        assert_eq!(
+            encode_key("billing", 3),
+            [
+                0, 7, 0, b'b', b'i', b'l', b'l', b'i', b'n', b'g', 3, 0, 0, 0
+            ]
+        );
+        assert_eq!(
+            encode_value(42, "ok"),
+            [0, 42, 0, 0, 0, 0, 0, 0, 0, 2, 0, b'o', b'k']
+        );
+    }
+
     #[test]
     fn keys_and_values_round_trip() {
         let key = encode_key("billing", 7);

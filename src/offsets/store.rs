@@ -5,9 +5,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex};
 
-use crate::config::{Config, Durability};
+use crate::config::{Cleanup, Config, Durability};
 use crate::error::{Error, Result};
 use crate::log::Log;
 use crate::partition::Partition;
@@ -28,17 +28,13 @@ use super::encoding::{
 /// makes the log refuse to open.
 pub(crate) const OFFSETS_DIR: &str = "__consumer_offsets";
 
-/// The internal log rewrites its live commits and drops the rest once it
-/// holds at least this many records...
-const REWRITE_MIN_RECORDS: u64 = 10_000;
-/// ...and this many times as many records as live commits.
-const REWRITE_FACTOR: u64 = 4;
-
-const INTERNAL_SEGMENT_BYTES: u64 = 16 << 20;
+/// The internal log's segments: the part not yet compacted is at most one
+/// segment, so this bounds what an open reads beyond the live commits.
+const INTERNAL_SEGMENT_BYTES: u64 = 1 << 20;
 const INTERNAL_MAX_BATCH_BYTES: u32 = 4 << 20;
 const INTERNAL_MAX_INDEX_BYTES: u32 = 64 << 10;
 /// Room for a record's own framing (lengths, deltas, attributes) on top of
-/// its key and value, when splitting a rewrite into batches.
+/// its key and value.
 const RECORD_OVERHEAD_BYTES: usize = 32;
 const _: () =
     assert!((MAX_ENTRY_BYTES + RECORD_OVERHEAD_BYTES) * 2 < INTERNAL_MAX_BATCH_BYTES as usize);
@@ -88,16 +84,14 @@ impl OffsetAndMetadata {
 /// a value deletes the key. The store keeps the current commits in memory
 /// and rebuilds them at open by reading its log.
 ///
-/// **Growth.** The log has no compaction yet, so every commit adds a record.
-/// To keep the log, and the time to read it at open, proportional to the
-/// number of live commits rather than to the number of commits ever made,
-/// the store rewrites itself: once its log holds at least 10 000 records and
-/// four times as many records as live commits, it appends every live commit
-/// again and advances its log start offset past everything older (closed
-/// segments below it are deleted). A crash in the middle leaves the old
-/// records in place, which read back to the same state. This stands in for
-/// compaction and is to be replaced by it (`Cleanup::Compact`) when the log
-/// supports it.
+/// **Growth.** The internal log is compacted (`Cleanup::Compact`): each time
+/// a segment (1 MiB) fills, the commit that rolled it compacts the closed
+/// segments down to the latest record of each key, so the log, and the time
+/// to read it at open, stay proportional to the live commits plus one
+/// segment, not to the commits ever made. A deleted commit's tombstone is
+/// kept for the log's `delete_retention` (24 h). Compaction's swap is
+/// crash-safe, and a failed compaction never fails the commit that ran it
+/// (the commit is durable before it starts).
 ///
 /// A handle is cheap to clone. Every [`OffsetStore::open`] of the same log
 /// directory in one process shares one store (the internal log can be open
@@ -143,11 +137,11 @@ struct Shared {
     /// Taken and closed on drop.
     log: Option<Log>,
     partition: Partition,
-    /// Commits and deletes hold it shared; a rewrite holds it alone, so
-    /// that it sees every commit made before it and none made during it.
-    gate: RwLock<()>,
     state: Mutex<State>,
-    rewrite_min_records: u64,
+    /// The segment count after the last compaction; held while compacting.
+    compacted_segments: Mutex<usize>,
+    /// Compact once this many segments were added since the last time.
+    compact_every: usize,
 }
 
 impl Drop for Shared {
@@ -246,21 +240,24 @@ impl OffsetStore {
             &dir.join(OFFSETS_DIR),
             Arc::new(FsStorage),
             Some(key),
-            REWRITE_MIN_RECORDS,
+            INTERNAL_SEGMENT_BYTES,
+            1,
         )?);
         stores.insert(key, Arc::downgrade(&shared));
         Ok(OffsetStore { shared })
     }
 
-    /// A store on `storage` in `dir`, shared with no one (for simulated
-    /// disks).
+    /// A store on `storage` in `dir` with segments of `segment_bytes`,
+    /// compacting after every `compact_every` rolls, shared with no one
+    /// (for simulated disks).
     #[cfg(test)]
     pub(crate) fn open_on(
         dir: &Path,
         storage: Arc<dyn Storage>,
-        rewrite_min_records: u64,
+        segment_bytes: u64,
+        compact_every: usize,
     ) -> Result<OffsetStore> {
-        let shared = Shared::open(dir, storage, None, rewrite_min_records)?;
+        let shared = Shared::open(dir, storage, None, segment_bytes, compact_every)?;
         Ok(OffsetStore {
             shared: Arc::new(shared),
         })
@@ -349,7 +346,6 @@ impl OffsetStore {
         entries: impl Iterator<Item = (u32, Option<&'a OffsetAndMetadata>)>,
     ) -> Result<()> {
         let shared = &*self.shared;
-        let gate = shared.gate.read();
         let changed: Vec<(u32, Option<&OffsetAndMetadata>)> = {
             let state = shared.state.lock();
             entries
@@ -376,18 +372,24 @@ impl OffsetStore {
                 state.apply(group, p, log_offset, value.cloned());
             }
         }
-        drop(gate);
-        // The commit is durable whatever happens now. A rewrite that fails
-        // on I/O poisons the internal log, and the next commit reports it.
-        let _ = shared.rewrite_if_due();
+        // The commit is durable whatever happens now. A compaction that
+        // fails on I/O poisons the internal log, and the next commit
+        // reports it.
+        let _ = shared.compact_if_due();
         Ok(())
     }
 
-    /// Records in the internal log (for tests of the rewrite).
+    /// Records stored in the internal log (for tests of its growth).
     #[cfg(test)]
     fn log_records(&self) -> u64 {
         let p = &self.shared.partition;
-        p.end_offset() - p.start_offset()
+        p.reader(p.start_offset()).count() as u64
+    }
+
+    /// Compacts the internal log now (for tests of crashes inside it).
+    #[cfg(test)]
+    fn compact_now(&self) -> Result<()> {
+        self.shared.partition.compact().map(|_| ())
     }
 }
 
@@ -396,14 +398,16 @@ impl Shared {
         dir: &Path,
         storage: Arc<dyn Storage>,
         registered: Option<DirKey>,
-        rewrite_min_records: u64,
+        segment_bytes: u64,
+        compact_every: usize,
     ) -> Result<Shared> {
         let config = Config::default()
             .partitions(1)
             .durability(Durability::Sync)
+            .cleanup(Cleanup::Compact)
             .retention_age(None)
             .retention_bytes(None)
-            .segment_bytes(INTERNAL_SEGMENT_BYTES)
+            .segment_bytes(segment_bytes)
             .max_batch_bytes(INTERNAL_MAX_BATCH_BYTES)
             .max_index_bytes(INTERNAL_MAX_INDEX_BYTES);
         let log = Log::open_with_storage(dir, config, storage)?;
@@ -414,71 +418,22 @@ impl Shared {
             dir: dir.to_path_buf(),
             log: Some(log),
             partition,
-            gate: RwLock::new(()),
             state: Mutex::new(state),
-            rewrite_min_records,
+            compacted_segments: Mutex::new(0),
+            compact_every,
         })
     }
 
-    fn rewrite_due(&self) -> bool {
-        let records = self.partition.end_offset() - self.partition.start_offset();
-        let live = self.state.lock().live;
-        records
-            >= self
-                .rewrite_min_records
-                .max(live.saturating_mul(REWRITE_FACTOR))
-    }
-
-    /// Appends every live commit again, then moves the log start offset to
-    /// the first of those records.
-    fn rewrite_if_due(&self) -> Result<()> {
-        if !self.rewrite_due() {
+    /// Compacts the closed segments once a segment has rolled since the
+    /// last compaction.
+    fn compact_if_due(&self) -> Result<()> {
+        let mut compacted = self.compacted_segments.lock();
+        let segments = self.partition.segment_count();
+        if segments < 2 || segments < compacted.saturating_add(self.compact_every) {
             return Ok(());
         }
-        let _gate = self.gate.write();
-        if !self.rewrite_due() {
-            return Ok(());
-        }
-        let live: Vec<(String, u32, OffsetAndMetadata)> = {
-            let state = self.state.lock();
-            state
-                .groups
-                .iter()
-                .flat_map(|(group, slots)| {
-                    slots
-                        .iter()
-                        .filter_map(|(p, slot)| Some((group.clone(), *p, slot.value.clone()?)))
-                })
-                .collect()
-        };
-        let limit = INTERNAL_MAX_BATCH_BYTES as usize / 2;
-        let mut new_state = State::default();
-        let mut new_start = None;
-        let mut rest = &live[..];
-        while !rest.is_empty() {
-            let mut bytes = 0;
-            let mut records = Vec::new();
-            for (group, p, commit) in rest {
-                if bytes >= limit {
-                    break;
-                }
-                let key = encode_key(group, *p);
-                let value = encode_value(commit.offset, &commit.metadata);
-                bytes += key.len() + value.len() + RECORD_OVERHEAD_BYTES;
-                records.push(Record::new(value).with_key(key));
-            }
-            let appended = self.partition.append(&records)?;
-            new_start.get_or_insert(appended.base_offset);
-            let (chunk, after) = rest.split_at(records.len());
-            for (log_offset, (group, p, commit)) in (appended.base_offset..).zip(chunk) {
-                new_state.apply(group, *p, log_offset, Some(commit.clone()));
-            }
-            rest = after;
-        }
-        // With no live commit, everything goes.
-        let new_start = new_start.unwrap_or_else(|| self.partition.end_offset());
-        self.partition.delete_records_before(new_start)?;
-        *self.state.lock() = new_state;
+        self.partition.compact()?;
+        *compacted = self.partition.segment_count();
         Ok(())
     }
 }
@@ -529,11 +484,16 @@ mod tests {
         OffsetAndMetadata::new(offset)
     }
 
-    fn open(sim: &SimStorage, rewrite_min_records: u64) -> OffsetStore {
+    fn open(sim: &SimStorage, segment_bytes: u64) -> OffsetStore {
+        open_compacting_every(sim, segment_bytes, 1)
+    }
+
+    fn open_compacting_every(sim: &SimStorage, segment_bytes: u64, rolls: usize) -> OffsetStore {
         OffsetStore::open_on(
             Path::new("/offsets"),
             Arc::new(sim.clone()),
-            rewrite_min_records,
+            segment_bytes,
+            rolls,
         )
         .expect("open")
     }
@@ -542,7 +502,7 @@ mod tests {
     fn acknowledged_commits_survive_power_loss() {
         for seed in 0..20 {
             let sim = SimStorage::new(seed);
-            let store = open(&sim, REWRITE_MIN_RECORDS);
+            let store = open(&sim, INTERNAL_SEGMENT_BYTES);
             for i in 0..10u64 {
                 store
                     .commit("g", &[(0, commit(i)), (1, commit(i * 2))])
@@ -553,7 +513,7 @@ mod tests {
                 .expect("commit");
             sim.crash();
             drop(store);
-            let store = open(&sim, REWRITE_MIN_RECORDS);
+            let store = open(&sim, INTERNAL_SEGMENT_BYTES);
             assert_eq!(store.committed("g", 0), Some(commit(9)), "seed {seed}");
             assert_eq!(store.committed("g", 1), Some(commit(18)), "seed {seed}");
             assert_eq!(
@@ -571,7 +531,7 @@ mod tests {
         let mut failed = 0;
         for n in 1..6 {
             let sim = SimStorage::new(n);
-            let store = open(&sim, REWRITE_MIN_RECORDS);
+            let store = open(&sim, INTERNAL_SEGMENT_BYTES);
             store
                 .commit("g", &[(0, commit(1)), (1, commit(1))])
                 .expect("commit");
@@ -579,7 +539,7 @@ mod tests {
             let result = store.commit("g", &[(0, commit(2)), (1, commit(2))]);
             sim.crash();
             drop(store);
-            let store = open(&sim, REWRITE_MIN_RECORDS);
+            let store = open(&sim, INTERNAL_SEGMENT_BYTES);
             let offsets = store.group_offsets("g");
             let values: Vec<u64> = offsets.values().map(|c| c.offset).collect();
             assert!(
@@ -598,7 +558,7 @@ mod tests {
     #[test]
     fn deletes_and_duplicates() {
         let sim = SimStorage::new(1);
-        let store = open(&sim, REWRITE_MIN_RECORDS);
+        let store = open(&sim, INTERNAL_SEGMENT_BYTES);
         store
             .commit("g", &[(0, commit(5)), (0, commit(3)), (2, commit(1))])
             .expect("commit");
@@ -619,7 +579,7 @@ mod tests {
         store.delete("g", &[2]).expect("delete");
         assert!(store.groups().is_empty());
         drop(store);
-        let store = open(&sim, REWRITE_MIN_RECORDS);
+        let store = open(&sim, INTERNAL_SEGMENT_BYTES);
         assert!(store.groups().is_empty());
         assert_eq!(store.committed("g", 2), None);
         store.commit("g", &[(2, commit(4))]).expect("commit");
@@ -629,7 +589,7 @@ mod tests {
     #[test]
     fn bad_input_is_refused() {
         let sim = SimStorage::new(1);
-        let store = open(&sim, REWRITE_MIN_RECORDS);
+        let store = open(&sim, INTERNAL_SEGMENT_BYTES);
         assert!(matches!(
             store.commit("", &[(0, commit(1))]),
             Err(Error::InvalidConfig {
@@ -653,10 +613,14 @@ mod tests {
         assert_eq!(store.committed("g", 0).map(|c| c.metadata), Some(metadata));
     }
 
+    /// Each commit here is one batch of about 100 bytes, so a segment
+    /// holds about six.
+    const SMALL_SEGMENT: u64 = 600;
+
     #[test]
-    fn the_rewrite_bounds_the_log_and_keeps_every_commit() {
+    fn compaction_bounds_the_log_and_keeps_every_commit() {
         let sim = SimStorage::new(3);
-        let store = open(&sim, 50);
+        let store = open(&sim, SMALL_SEGMENT);
         let mut max_records = 0;
         for i in 0..400u64 {
             store
@@ -670,7 +634,9 @@ mod tests {
             }
             max_records = max_records.max(store.log_records());
         }
-        assert!(max_records <= 50, "the log grew to {max_records} records");
+        // Six live keys and a tombstone in the compacted part, at most a
+        // segment's worth of commits after it.
+        assert!(max_records <= 30, "the log grew to {max_records} records");
         let expected = store.group_offsets("a");
         assert_eq!(expected.len(), 5);
         assert_eq!(expected[&0], commit(395));
@@ -678,48 +644,37 @@ mod tests {
         assert_eq!(store.committed("b", 0), Some(commit(399)));
         sim.crash();
         drop(store);
-        let store = open(&sim, 50);
+        let store = open(&sim, SMALL_SEGMENT);
         assert_eq!(store.group_offsets("a"), expected);
         assert_eq!(store.committed("b", 0), Some(commit(399)));
-        assert!(store.log_records() <= 50);
+        assert!(store.log_records() <= 30);
     }
 
     #[test]
-    fn a_crash_inside_a_rewrite_loses_nothing() {
-        let (mut commit_failed, mut rewrite_failed) = (0, 0);
-        for n in 1..8 {
+    fn a_failure_inside_a_compaction_loses_no_commit() {
+        let mut failed = 0;
+        for n in 1..16 {
             let sim = SimStorage::new(n);
-            let store = open(&sim, 20);
-            for i in 0..19u64 {
+            // Commits that fill segments without compacting them.
+            let store = open_compacting_every(&sim, SMALL_SEGMENT, usize::MAX);
+            for i in 0..40u64 {
                 store
                     .commit("g", &[((i % 3) as u32, commit(i))])
                     .expect("commit");
             }
+            store.commit("g", &[(0, commit(100))]).expect("commit");
             let before = store.group_offsets("g");
-            // The 20th record triggers the rewrite; fail a write inside it.
+            let records = store.log_records();
             sim.fail_after(n, crate::storage::sim::Fault::Eio);
-            let result = store.commit("g", &[(0, commit(100))]);
-            match &result {
-                Err(_) => commit_failed += 1,
-                // A rewrite leaves the three live commits alone.
-                Ok(()) if store.log_records() > 3 => rewrite_failed += 1,
-                Ok(()) => {}
+            if store.compact_now().is_err() {
+                failed += 1;
             }
             sim.crash();
             drop(store);
-            let store = open(&sim, 20);
-            let after = store.group_offsets("g");
-            if result.is_ok() {
-                assert_eq!(after[&0], commit(100), "n {n}");
-            } else {
-                assert!(after[&0] == commit(100) || after[&0] == before[&0], "n {n}");
-            }
-            assert_eq!(after[&1], before[&1], "n {n}");
-            assert_eq!(after[&2], before[&2], "n {n}");
+            let store = open(&sim, SMALL_SEGMENT);
+            assert_eq!(store.group_offsets("g"), before, "n {n}");
+            assert!(store.log_records() <= records, "n {n}");
         }
-        assert!(
-            commit_failed > 0 && rewrite_failed > 0,
-            "{commit_failed} {rewrite_failed}"
-        );
+        assert!(failed > 0, "no compaction met the fault");
     }
 }

@@ -27,7 +27,8 @@ fn open(sim: &SimStorage) -> (Log, OffsetStore) {
     let store = OffsetStore::open_on(
         &Path::new(LOG_DIR).join(OFFSETS_DIR),
         Arc::new(sim.clone()),
-        10_000,
+        1 << 20,
+        1,
     )
     .expect("open store");
     (log, store)
