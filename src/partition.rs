@@ -402,8 +402,30 @@ impl Partition {
     /// earlier I/O failure, [`Error::Closed`], and [`Error::Io`] (which
     /// poisons the partition).
     pub fn append(&self, records: &[Record]) -> Result<Appended> {
+        let (batch, uncompressed) = self.encode(records, None, None)?;
+        self.append_encoded(batch, uncompressed)
+    }
+
+    /// Encodes `records` as one batch, stamped with a producer and a leader
+    /// epoch when given, and compressed with the partition's codec (before
+    /// the writer lock is taken). Returns the batch and its uncompressed
+    /// size.
+    fn encode(
+        &self,
+        records: &[Record],
+        producer: Option<ProducerStamp>,
+        leader_epoch: Option<i32>,
+    ) -> Result<(EncodedBatch, u64)> {
         if records.is_empty() {
             return Err(Error::EmptyBatch);
+        }
+        if let Some(stamp) = producer
+            && (stamp.producer_id < 0 || stamp.producer_epoch < 0 || stamp.base_sequence < 0)
+        {
+            return Err(Error::config(
+                "producer",
+                "producer id, epoch and sequence must not be negative",
+            ));
         }
         let max = self.inner.config.max_batch_bytes;
         let mut batch =
@@ -411,10 +433,15 @@ impl Partition {
                 size,
                 max: u64::from(max),
             })?;
-        // Compression runs before the writer lock is taken.
+        if let Some(stamp) = producer {
+            batch.set_producer(stamp);
+        }
+        if let Some(epoch) = leader_epoch {
+            batch.set_leader_epoch(epoch);
+        }
         let uncompressed = batch.len() as u64;
         batch.compress(self.inner.config.compression);
-        self.append_encoded(batch, uncompressed)
+        Ok((batch, uncompressed))
     }
 
     /// Appends `records` as one batch of an idempotent producer whose first
@@ -439,28 +466,12 @@ impl Partition {
         producer_epoch: i16,
         base_sequence: i32,
     ) -> Result<Appended> {
-        if producer_id < 0 || producer_epoch < 0 || base_sequence < 0 {
-            return Err(Error::config(
-                "producer",
-                "producer id, epoch and sequence must not be negative",
-            ));
-        }
-        if records.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
-        let max = self.inner.config.max_batch_bytes;
-        let mut batch =
-            EncodedBatch::encode(records, now_ms(), max).map_err(|size| Error::RecordTooLarge {
-                size,
-                max: u64::from(max),
-            })?;
-        batch.set_producer(ProducerStamp {
+        let stamp = ProducerStamp {
             producer_id,
             producer_epoch,
             base_sequence,
-        });
-        let uncompressed = batch.len() as u64;
-        batch.compress(self.inner.config.compression);
+        };
+        let (batch, uncompressed) = self.encode(records, Some(stamp), None)?;
         self.append_encoded(batch, uncompressed)
     }
 
@@ -1540,27 +1551,7 @@ impl Partition {
         producer: Option<ProducerStamp>,
         leader_epoch: i32,
     ) -> Result<Appended> {
-        if records.is_empty() {
-            return Err(Error::EmptyBatch);
-        }
-        let max = self.inner.config.max_batch_bytes;
-        let mut batch =
-            EncodedBatch::encode(records, now_ms(), max).map_err(|size| Error::RecordTooLarge {
-                size,
-                max: u64::from(max),
-            })?;
-        if let Some(stamp) = producer {
-            if stamp.producer_id < 0 || stamp.producer_epoch < 0 || stamp.base_sequence < 0 {
-                return Err(Error::config(
-                    "producer",
-                    "producer id, epoch and sequence must not be negative",
-                ));
-            }
-            batch.set_producer(stamp);
-        }
-        batch.set_leader_epoch(leader_epoch);
-        let uncompressed = batch.len() as u64;
-        batch.compress(self.inner.config.compression);
+        let (batch, uncompressed) = self.encode(records, producer, Some(leader_epoch))?;
         self.write_encoded(batch, uncompressed)
     }
 
