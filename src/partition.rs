@@ -1108,20 +1108,30 @@ impl Partition {
             self.truncate_within(&segments, keep, offset)
         };
         let new_list = result.map_err(|e| self.poison_sync(e))?;
-        let last = new_list
-            .last()
-            .expect("a partition keeps a segment")
-            .clone();
-        *inner.segments.write() = Arc::new(new_list);
-        *active = last.clone();
-        // The truncation left every kept byte synced.
-        *inner.synced_point.lock() = (last.base_offset(), last.size());
-        inner.end_offset.store(offset, Ordering::Release);
-        inner.durable_offset.store(offset, Ordering::Release);
-        inner.truncations.fetch_add(1, Ordering::AcqRel);
         if offset < start {
             inner.start_offset.store(offset, Ordering::Release);
         }
+        self.install_truncated(&mut active, new_list, offset)
+    }
+
+    /// Publishes the segments a truncation left, ending at `end`, and
+    /// rebuilds what depends on them. The caller holds the writer lock and
+    /// the fsync turn.
+    fn install_truncated(
+        &self,
+        active: &mut Arc<Segment>,
+        list: Vec<Arc<Segment>>,
+        end: u64,
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        let last = list.last().expect("a partition keeps a segment").clone();
+        *inner.segments.write() = Arc::new(list);
+        *active = last.clone();
+        // The truncation left every kept byte synced.
+        *inner.synced_point.lock() = (last.base_offset(), last.size());
+        inner.end_offset.store(end, Ordering::Release);
+        inner.durable_offset.store(end, Ordering::Release);
+        inner.truncations.fetch_add(1, Ordering::AcqRel);
         self.write_checkpoint(&last, true)?;
         self.rebuild_producer_state().map_err(|e| self.poison(e))
     }
@@ -1540,6 +1550,36 @@ impl Partition {
     /// The partition's durability policy.
     pub(crate) fn durability(&self) -> Durability {
         self.inner.config.durability
+    }
+
+    /// Drops every record and starts the partition again, empty, at
+    /// `offset` (which may lie past the end), with its producer state
+    /// forgotten: for a follower whose leader no longer holds the records
+    /// it lacks (Kafka's truncate-fully-and-start-at).
+    pub(crate) fn reset_to(&self, offset: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let _turn = self.exclusive_sync_turn();
+        let mut active = inner.writer.lock();
+        self.check_writable()?;
+        if offset >= u64::MAX - 1 {
+            return Err(Error::OffsetOutOfRange {
+                requested: offset,
+                start: self.start_offset(),
+                end: self.end_offset(),
+            });
+        }
+        inner
+            .cleaner
+            .truncate(&*inner.storage, &inner.dir, 0)
+            .map_err(|e| self.poison(e))?;
+        for snapshot in self.snapshot_offsets()? {
+            self.remove_snapshot(snapshot)?;
+        }
+        let segments = self.snapshot();
+        let list = self
+            .truncate_fully(&segments, offset)
+            .map_err(|e| self.poison_sync(e))?;
+        self.install_truncated(&mut active, list, offset)
     }
 
     /// Appends `records` as one batch stamped with `leader_epoch` (and a

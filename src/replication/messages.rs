@@ -147,7 +147,8 @@ pub enum FetchOutcome {
         end_offset: u64,
     },
     /// The fetch offset is below the leader's log start: the records were
-    /// deleted by retention before this follower copied them.
+    /// deleted by retention before this follower copied them. The follower
+    /// drops its log and starts again, empty, at the leader's log start.
     OffsetOutOfRange,
 }
 

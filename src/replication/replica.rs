@@ -348,8 +348,12 @@ impl Replica {
     /// it does not.
     fn divergence(&self, state: &State, fetch: &Fetch, end: u64) -> Option<FetchOutcome> {
         let epochs = &state.disk.epochs;
-        // Records below the first epoch's start carry no epoch to compare.
-        let first_start = epochs.first_start().unwrap_or(end);
+        // Records below the first epoch's start carry no epoch to compare,
+        // nor does a follower that starts at the log start.
+        let first_start = epochs
+            .first_start()
+            .unwrap_or(end)
+            .max(self.inner.partition.start_offset());
         let found = fetch
             .last_fetched_epoch
             .and_then(|epoch| epochs.end_offset_for(epoch, end));
@@ -491,8 +495,11 @@ impl Replica {
     /// # Errors
     ///
     /// [`Error::Corrupt`] for batches that fail their checks or do not
-    /// continue the log; [`Error::OffsetOutOfRange`] when the leader no
-    /// longer holds the records this follower needs; [`Error::Io`].
+    /// continue the log; [`Error::OffsetOutOfRange`] when the leader says
+    /// the fetch offset is out of its range yet its log start is not past
+    /// this follower's end; [`Error::Io`]. A follower behind the leader's
+    /// log start (the leader deleted the records it lacks) drops its log
+    /// and starts again, empty, at the leader's log start.
     pub fn handle_fetch_response(&self, response: FetchResponse) -> Result<bool> {
         let inner = &*self.inner;
         let partition = &inner.partition;
@@ -507,8 +514,15 @@ impl Replica {
         }
         match response.outcome {
             FetchOutcome::Batches(batches) => {
+                self.restart_at_first_batch(&mut state, &batches)?;
                 self.append_from_leader(&mut state, &batches, response.leader_epoch)?;
                 let end = partition.end_offset();
+                // Records the leader deleted go here too (Kafka's log start
+                // offset propagation).
+                let start = response.log_start_offset.min(end);
+                if start > partition.start_offset() {
+                    partition.delete_records_before(start)?;
+                }
                 let watermark = response.high_watermark.min(end);
                 if watermark > state.high_watermark {
                     state.high_watermark = watermark;
@@ -534,14 +548,52 @@ impl Replica {
                 state.disk = disk;
             }
             FetchOutcome::OffsetOutOfRange => {
-                return Err(Error::OffsetOutOfRange {
-                    requested: partition.end_offset(),
-                    start: response.log_start_offset,
-                    end: response.high_watermark,
-                });
+                // The leader deleted what this follower lacks: start again,
+                // empty, at the leader's log start, which is committed.
+                let start = response.log_start_offset;
+                if start <= partition.end_offset() {
+                    return Err(Error::OffsetOutOfRange {
+                        requested: partition.end_offset(),
+                        start,
+                        end: response.high_watermark,
+                    });
+                }
+                partition.reset_to(start)?;
+                let mut disk = state.disk.clone();
+                disk.epochs.truncate_from(0);
+                disk.high_watermark = start;
+                disk.store(partition)?;
+                state.disk = disk;
+                state.high_watermark = state.high_watermark.max(start);
             }
         }
         Ok(true)
+    }
+
+    /// A follower that was restarted empty at the leader's log start may be
+    /// sent a batch that begins before it (the log start may fall inside a
+    /// batch): it starts at that batch instead.
+    fn restart_at_first_batch(&self, state: &mut State, batches: &[bytes::Bytes]) -> Result<()> {
+        let partition = &self.inner.partition;
+        let end = partition.end_offset();
+        let Some(first) = batches.first() else {
+            return Ok(());
+        };
+        let header = BatchHeader::parse(first, u32::MAX)
+            .map_err(|kind| Error::corrupt(partition.dir(), 0, kind))?;
+        if partition.start_offset() != end
+            || header.base_offset >= end
+            || header.next_offset() <= end
+        {
+            return Ok(());
+        }
+        partition.reset_to(header.base_offset)?;
+        let mut disk = state.disk.clone();
+        disk.epochs.truncate_from(0);
+        disk.high_watermark = disk.high_watermark.min(header.base_offset);
+        disk.store(partition)?;
+        state.disk = disk;
+        Ok(())
     }
 
     fn append_from_leader(

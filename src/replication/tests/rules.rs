@@ -42,7 +42,7 @@ impl Node {
 
     fn values(&self) -> Vec<(u64, String)> {
         let p = self.replica.partition();
-        p.read(0, usize::MAX)
+        p.read(p.start_offset(), usize::MAX)
             .unwrap()
             .into_iter()
             .map(|r| {
@@ -403,5 +403,33 @@ fn damaged_batches_from_a_leader_are_refused_and_nothing_of_them_is_appended() {
         assert!(b.replica.leader_epochs().is_empty(), "round {round}");
     }
     assert!(b.replica.handle_fetch_response(response).unwrap());
+    assert_eq!(b.values(), a.values());
+}
+
+/// A follower that fell behind the records the leader still holds drops
+/// its log and copies from the leader's log start.
+#[test]
+fn a_follower_behind_the_leaders_log_start_starts_again_there() {
+    let a = Node::new(0, Durability::Sync);
+    let mut b = Node::new(1, Durability::Sync);
+    apply(&[&a, &b], &state(0, 0, &[0], 0));
+    write(&a, &["r0", "r1"]);
+    fetch(&a, &b);
+    write(&a, &["r2", "r3", "r4"]);
+    a.replica.partition().delete_records_before(3).unwrap();
+    assert_eq!(fetch(&a, &b), FetchOutcome::OffsetOutOfRange);
+    let partition = b.replica.partition();
+    assert_eq!((partition.start_offset(), partition.end_offset()), (3, 3));
+    assert_eq!(b.replica.high_watermark(), 3);
+    fetch(&a, &b);
+    assert_eq!(
+        b.values(),
+        vec![(3, "r3".to_string()), (4, "r4".to_string())]
+    );
+    b.reopen();
+    let partition = b.replica.partition();
+    assert_eq!((partition.start_offset(), partition.end_offset()), (3, 5));
+    // The epoch starts with the batch that holds the log start.
+    assert_eq!(b.replica.leader_epochs(), vec![(0, 2)]);
     assert_eq!(b.values(), a.values());
 }
