@@ -35,9 +35,9 @@
 //!   `Durability::Interval`; with `Interval` the high watermark advances
 //!   with the interval syncs.
 //! - **`Acks::All`** returns once the high watermark passes the batch. It is
-//!   refused with [`Error::NotEnoughReplicas`](crate::Error::NotEnoughReplicas)
+//!   refused with [`Error::NotEnoughReplicas`]
 //!   before anything is written while the ISR is too small, and times out
-//!   with [`Error::ReplicationTimeout`](crate::Error::ReplicationTimeout).
+//!   with [`Error::ReplicationTimeout`].
 //! - **Leader epochs.** Every leadership has an epoch, stamped on each
 //!   batch the leader writes and recorded with its start offset in a
 //!   persisted epoch cache. A follower truncates only where its log and
@@ -146,8 +146,8 @@ pub use replica::Replica;
 /// How a host reaches other replicas, for the synchronous helpers
 /// ([`Replica::fetch_once`], [`ReplicatedProducer`]). Errors a remote
 /// replica returns are returned as they are (carry
-/// [`Error`](crate::Error) across the wire, or map your transport's
-/// failures to [`Error::Io`](crate::Error::Io)).
+/// [`Error`] across the wire, or map your transport's
+/// failures to [`Error::Io`]).
 pub trait Transport: Send + Sync {
     /// Sends a fetch to replica `to` and returns its answer.
     ///
