@@ -50,7 +50,8 @@ use crate::record::Header;
 use crate::record::batch::{ATTR_LOG_APPEND_TIME, BatchHeader, HEADER_BYTES, Records};
 use crate::recovery::{self, BatchDecision, RecoveryPoint, SegmentPlan};
 use crate::segment::{
-    INDEX_SUFFIX, Index, LOG_SUFFIX, OffsetEntry, TIME_INDEX_SUFFIX, TimeEntry, parse_file_name,
+    Entry, INDEX_SUFFIX, Index, LOG_SUFFIX, OffsetEntry, TIME_INDEX_SUFFIX, TimeEntry,
+    parse_file_name,
 };
 use crate::storage::{FsStorage, LockGuard, Storage};
 
@@ -1150,17 +1151,78 @@ fn open_time_index(path: &Path, problems: &mut EntryProblems) -> Result<Option<I
     Ok(index)
 }
 
+/// A walk through the entries of an index that were written (trailing
+/// preallocated slack left out), reporting entries out of order. Shared by
+/// the offset and time index checks.
+struct IndexWalk<E: Entry> {
+    index: Index<E>,
+    /// Entries that were written; the rest is preallocated slack.
+    used: u64,
+    next: u64,
+    previous: Option<E>,
+    problems: EntryProblems,
+}
+
+impl<E: Entry> IndexWalk<E> {
+    /// With `slack`, trailing entries for which `is_slack` holds are
+    /// taken as preallocated space, not entries.
+    fn new(
+        index: Index<E>,
+        problems: EntryProblems,
+        slack: bool,
+        is_slack: impl Fn(&E) -> bool,
+    ) -> Result<IndexWalk<E>> {
+        let mut used = index.len();
+        while slack && used > 0 {
+            let entry = index
+                .get(used - 1)
+                .map_err(|e| Error::io(&problems.path, e))?;
+            if !is_slack(&entry) {
+                break;
+            }
+            used -= 1;
+        }
+        Ok(IndexWalk {
+            index,
+            used,
+            next: 0,
+            previous: None,
+            problems,
+        })
+    }
+
+    fn peek(&self) -> Result<Option<E>> {
+        if self.next >= self.used {
+            return Ok(None);
+        }
+        self.index
+            .get(self.next)
+            .map(Some)
+            .map_err(|e| Error::io(&self.problems.path, e))
+    }
+
+    /// Consumes the next entry; false (reported) when `follows` says it
+    /// does not come after the previous one.
+    fn take(&mut self, entry: E, follows: impl Fn(&E, &E) -> bool) -> bool {
+        let n = self.next;
+        self.next += 1;
+        if let Some(previous) = self.previous
+            && !follows(&previous, &entry)
+        {
+            self.problems.push(n, IndexIssue::NotIncreasing);
+            return false;
+        }
+        self.previous = Some(entry);
+        true
+    }
+}
+
 /// Checks an offset index against the batches of its segment, which arrive
 /// in order of position: each entry must name a batch start and that
 /// batch's base offset. Memory use does not depend on the index's size.
 struct OffsetIndexCheck {
-    index: Index<OffsetEntry>,
+    walk: IndexWalk<OffsetEntry>,
     base_offset: u64,
-    /// Entries that were written; the rest is preallocated slack.
-    used: u64,
-    next: u64,
-    previous: Option<OffsetEntry>,
-    problems: EntryProblems,
 }
 
 impl OffsetIndexCheck {
@@ -1171,57 +1233,33 @@ impl OffsetIndexCheck {
         slack: bool,
         segment_bytes: u64,
     ) -> Result<OffsetIndexCheck> {
-        let mut used = index.len();
-        if slack {
-            while used > 0 {
-                let entry = index
-                    .get(used - 1)
-                    .map_err(|e| Error::io(&problems.path, e))?;
-                if entry.relative_offset != 0 || entry.position != 0 {
-                    break;
-                }
-                used -= 1;
-            }
-            // The first entry of a segment that holds batches is (0, 0),
-            // which looks like slack.
-            if used == 0 && index.len() > 0 && segment_bytes > 0 {
-                used = 1;
-            }
+        let mut walk = IndexWalk::new(index, problems, slack, |e: &OffsetEntry| {
+            e.relative_offset == 0 && e.position == 0
+        })?;
+        // The first entry of a segment that holds batches is (0, 0), which
+        // looks like slack.
+        if slack && walk.used == 0 && walk.index.len() > 0 && segment_bytes > 0 {
+            walk.used = 1;
         }
-        Ok(OffsetIndexCheck {
-            index,
-            base_offset,
-            used,
-            next: 0,
-            previous: None,
-            problems,
-        })
+        Ok(OffsetIndexCheck { walk, base_offset })
     }
 
     fn peek(&self) -> Result<Option<OffsetEntry>> {
-        if self.next >= self.used {
-            return Ok(None);
-        }
-        self.index
-            .get(self.next)
-            .map(Some)
-            .map_err(|e| Error::io(&self.problems.path, e))
+        self.walk.peek()
     }
 
     /// Consumes the next entry; false (reported) when it is out of order.
     fn take(&mut self, entry: OffsetEntry) -> bool {
-        let n = self.next;
-        self.next += 1;
-        if let Some(p) = self.previous
-            && (entry.relative_offset <= p.relative_offset || entry.position <= p.position)
-        {
-            self.problems.push(n, IndexIssue::NotIncreasing);
+        let first = self.walk.previous.is_none();
+        let n = self.walk.next;
+        if !self.walk.take(entry, |p, e| {
+            e.relative_offset > p.relative_offset && e.position > p.position
+        }) {
             return false;
         }
-        if self.previous.is_none() && entry.position != 0 {
-            self.problems.push(n, IndexIssue::FirstNotAtStart);
+        if first && entry.position != 0 {
+            self.walk.problems.push(n, IndexIssue::FirstNotAtStart);
         }
-        self.previous = Some(entry);
         true
     }
 
@@ -1231,15 +1269,15 @@ impl OffsetIndexCheck {
             if at > position {
                 break;
             }
-            let n = self.next;
+            let n = self.walk.next;
             if !self.take(entry) {
                 continue;
             }
             let indexed = self.base_offset + u64::from(entry.relative_offset);
             if at < position {
-                self.problems.push(n, IndexIssue::NotAtBatchStart);
+                self.walk.problems.push(n, IndexIssue::NotAtBatchStart);
             } else if indexed != base_offset {
-                self.problems.push(
+                self.walk.problems.push(
                     n,
                     IndexIssue::WrongOffset {
                         indexed,
@@ -1261,9 +1299,9 @@ impl OffsetIndexCheck {
     ) -> Result<Vec<Problem>> {
         while let Some(entry) = self.peek()? {
             let at = u64::from(entry.position);
-            let n = self.next;
+            let n = self.walk.next;
             if damaged && at >= valid_bytes {
-                self.next += 1;
+                self.walk.next += 1;
                 continue;
             }
             if !self.take(entry) {
@@ -1274,12 +1312,12 @@ impl OffsetIndexCheck {
             } else {
                 IndexIssue::NotAtBatchStart
             };
-            self.problems.push(n, issue);
+            self.walk.problems.push(n, issue);
         }
-        if has_batches && self.used == 0 {
-            self.problems.file_problem(ProblemKind::EmptyIndex);
+        if has_batches && self.walk.used == 0 {
+            self.walk.problems.file_problem(ProblemKind::EmptyIndex);
         }
-        Ok(self.problems.finish())
+        Ok(self.walk.problems.finish())
     }
 }
 
@@ -1287,12 +1325,8 @@ impl OffsetIndexCheck {
 /// order: each entry must name a batch's base offset and the largest
 /// timestamp up to and including that batch, which is that batch's own.
 struct TimeIndexCheck {
-    index: Index<TimeEntry>,
+    walk: IndexWalk<TimeEntry>,
     base_offset: u64,
-    used: u64,
-    next: u64,
-    previous: Option<TimeEntry>,
-    problems: EntryProblems,
 }
 
 impl TimeIndexCheck {
@@ -1302,47 +1336,20 @@ impl TimeIndexCheck {
         base_offset: u64,
         slack: bool,
     ) -> Result<TimeIndexCheck> {
-        let mut used = index.len();
-        while slack && used > 0 {
-            let entry = index
-                .get(used - 1)
-                .map_err(|e| Error::io(&problems.path, e))?;
-            if entry.timestamp != 0 || entry.relative_offset != 0 {
-                break;
-            }
-            used -= 1;
-        }
-        Ok(TimeIndexCheck {
-            index,
-            base_offset,
-            used,
-            next: 0,
-            previous: None,
-            problems,
-        })
+        let walk = IndexWalk::new(index, problems, slack, |e: &TimeEntry| {
+            e.timestamp == 0 && e.relative_offset == 0
+        })?;
+        Ok(TimeIndexCheck { walk, base_offset })
     }
 
     fn peek(&self) -> Result<Option<TimeEntry>> {
-        if self.next >= self.used {
-            return Ok(None);
-        }
-        self.index
-            .get(self.next)
-            .map(Some)
-            .map_err(|e| Error::io(&self.problems.path, e))
+        self.walk.peek()
     }
 
     fn take(&mut self, entry: TimeEntry) -> bool {
-        let n = self.next;
-        self.next += 1;
-        if let Some(p) = self.previous
-            && (entry.timestamp <= p.timestamp || entry.relative_offset < p.relative_offset)
-        {
-            self.problems.push(n, IndexIssue::NotIncreasing);
-            return false;
-        }
-        self.previous = Some(entry);
-        true
+        self.walk.take(entry, |p, e| {
+            e.timestamp > p.timestamp && e.relative_offset >= p.relative_offset
+        })
     }
 
     fn batch(&mut self, base_offset: u64, max_timestamp: i64, running_max: i64) -> Result<()> {
@@ -1351,7 +1358,7 @@ impl TimeIndexCheck {
             if offset > base_offset {
                 break;
             }
-            let n = self.next;
+            let n = self.walk.next;
             if !self.take(entry) {
                 continue;
             }
@@ -1371,7 +1378,7 @@ impl TimeIndexCheck {
                 None
             };
             if let Some(issue) = issue {
-                self.problems.push(n, issue);
+                self.walk.problems.push(n, issue);
             }
         }
         Ok(())
@@ -1387,9 +1394,9 @@ impl TimeIndexCheck {
         segment_max: Option<i64>,
     ) -> Result<Vec<Problem>> {
         while let Some(entry) = self.peek()? {
-            let n = self.next;
+            let n = self.walk.next;
             if damaged {
-                self.next += 1;
+                self.walk.next += 1;
                 continue;
             }
             if !self.take(entry) {
@@ -1401,19 +1408,19 @@ impl TimeIndexCheck {
             } else {
                 IndexIssue::NotAtBatchStart
             };
-            self.problems.push(n, issue);
+            self.walk.problems.push(n, issue);
         }
         if let Some(max) = segment_max
             && !damaged
         {
-            if self.used == 0 && (sealed || self.index.len() == 0) {
-                self.problems.file_problem(ProblemKind::EmptyIndex);
-            } else if let Some(last) = self.previous
+            if self.walk.used == 0 && (sealed || self.walk.index.len() == 0) {
+                self.walk.problems.file_problem(ProblemKind::EmptyIndex);
+            } else if let Some(last) = self.walk.previous
                 && sealed
                 && last.timestamp != max
             {
-                self.problems.push(
-                    self.used - 1,
+                self.walk.problems.push(
+                    self.walk.used - 1,
                     IndexIssue::LastNotMax {
                         indexed: last.timestamp,
                         actual: max,
@@ -1421,7 +1428,7 @@ impl TimeIndexCheck {
                 );
             }
         }
-        Ok(self.problems.finish())
+        Ok(self.walk.problems.finish())
     }
 }
 
@@ -1720,7 +1727,7 @@ fn scan_segment(
     let damaged = scan.invalid.is_some();
     let next_offset = batches.next_offset();
     if let Some(check) = offset_check {
-        let path = check.problems.path.clone();
+        let path = check.walk.problems.path.clone();
         let problems = check.finish(valid_bytes, damaged, scan.stats.batches > 0)?;
         if !problems.is_empty() {
             scan.bad_indexes.push(path);
@@ -1728,7 +1735,7 @@ fn scan_segment(
         scan.problems.extend(problems);
     }
     if let Some(check) = time_check {
-        let path = check.problems.path.clone();
+        let path = check.walk.problems.path.clone();
         let problems = check.finish(next_offset, damaged, sealed, scan.stats.max_timestamp)?;
         if !problems.is_empty() {
             scan.bad_indexes.push(path);

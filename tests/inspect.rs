@@ -673,6 +673,48 @@ fn an_index_pointing_at_the_wrong_batch_is_found() {
 }
 
 #[test]
+fn index_entries_out_of_order_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), config(), 12);
+    let index = files_with(dir.path(), 0, ".index")[0].clone();
+    let mut bytes = fs::read(&index).unwrap();
+    assert!(bytes.len() >= 24, "the test wants three entries");
+    // Entries 1 and 2 swap places.
+    let (one, two) = (bytes[8..16].to_vec(), bytes[16..24].to_vec());
+    bytes[8..16].copy_from_slice(&two);
+    bytes[16..24].copy_from_slice(&one);
+    fs::write(&index, bytes).unwrap();
+
+    let time_index = files_with(dir.path(), 0, ".timeindex")[0].clone();
+    let mut bytes = fs::read(&time_index).unwrap();
+    assert!(bytes.len() >= 24, "the test wants two entries");
+    // Entry 1 repeats entry 0.
+    let zero = bytes[..12].to_vec();
+    bytes[12..24].copy_from_slice(&zero);
+    fs::write(&time_index, bytes).unwrap();
+
+    let report = inspect::verify(dir.path(), |_| {}).unwrap();
+    let issues: Vec<_> = report
+        .problems
+        .iter()
+        .filter_map(|p| match &p.kind {
+            ProblemKind::IndexEntry { entry, issue } => {
+                Some((p.path.clone(), *entry, issue.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        issues.contains(&(index.clone(), 2, IndexIssue::NotIncreasing)),
+        "{issues:?}"
+    );
+    assert!(
+        issues.contains(&(time_index.clone(), 1, IndexIssue::NotIncreasing)),
+        "{issues:?}"
+    );
+}
+
+#[test]
 fn a_dry_run_changes_nothing_and_reports_what_the_repair_does() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path(), config().partitions(2), 12);

@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 mod index;
 
-pub(crate) use index::{Index, OffsetEntry, TimeEntry};
+pub(crate) use index::{Entry, Index, OffsetEntry, TimeEntry};
 
 use crate::config::{Config, Durability};
 use crate::error::{CorruptKind, Error, Result};
