@@ -698,9 +698,7 @@ fn index_entries_out_of_order_are_found() {
         .problems
         .iter()
         .filter_map(|p| match &p.kind {
-            ProblemKind::IndexEntry { entry, issue } => {
-                Some((p.path.clone(), *entry, issue.clone()))
-            }
+            ProblemKind::IndexEntry { entry, issue } => Some((p.path.clone(), *entry, *issue)),
             _ => None,
         })
         .collect();
