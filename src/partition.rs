@@ -1973,22 +1973,31 @@ fn scan_segment(
 }
 
 /// The position after the last non-zero byte of `file` in
-/// `position..end`, or `position` if they are all zero.
+/// `position..end`, or `position` if they are all zero. Holes (space never
+/// written, as reserved ahead of appends) are skipped without reading them.
 fn end_of_nonzero(
     file: &dyn crate::storage::StorageFile,
     position: u64,
     end: u64,
 ) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut at = position;
     let mut last = position;
-    while at < end {
-        let n = (end - at).min(buf.len() as u64) as usize;
-        crate::storage::read_exact_at(file, &mut buf[..n], at)?;
-        if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
-            last = at + i as u64 + 1;
+    let mut from = position;
+    while from < end {
+        let Some(data) = file.data_after(from)?.filter(|data| data.end > from) else {
+            break;
+        };
+        let mut at = data.start.max(from);
+        let stop = data.end.min(end);
+        while at < stop {
+            let n = (stop - at).min(buf.len() as u64) as usize;
+            crate::storage::read_exact_at(file, &mut buf[..n], at)?;
+            if let Some(i) = buf[..n].iter().rposition(|&b| b != 0) {
+                last = at + i as u64 + 1;
+            }
+            at += n as u64;
         }
-        at += n as u64;
+        from = data.end.max(at);
     }
     Ok(last)
 }

@@ -4,6 +4,11 @@
 //! reopens the log, and checks that every acknowledged record is there,
 //! intact, in order, once, at contiguous offsets.
 //!
+//! The same runs with `Durability::None`, where an append is acknowledged
+//! when it returns: a killed process leaves the kernel's page cache behind,
+//! so every returned append must survive too, whether its bytes went through
+//! a system call or were stored into a mapping of the segment.
+//!
 //! `DURABLE_LOG_KILL_ROUNDS` (default 3) sets the number of kills, one after
 //! the other on the same log; `DURABLE_LOG_KILL_SEED` fixes the random
 //! delays (the seed used is printed).
@@ -23,17 +28,56 @@ use durable_log::{Config, Durability, Log, Record, StoredRecord};
 const CHILD_DIR_ENV: &str = "DURABLE_LOG_SIGKILL_WRITER_DIR";
 /// Set in the writer process: the round number, part of every record.
 const CHILD_ROUND_ENV: &str = "DURABLE_LOG_SIGKILL_WRITER_ROUND";
+/// Set in the writer process: the configuration, one of [`Mode`]'s names.
+const CHILD_MODE_ENV: &str = "DURABLE_LOG_SIGKILL_WRITER_MODE";
 /// Name of the test function that is the writer.
 const CHILD_TEST: &str = "sigkill_writer_process";
 const WRITER_THREADS: u32 = 4;
 /// A writer left behind by a parent that died stops after this long.
 const WRITER_LIFETIME: Duration = Duration::from_secs(60);
 
-fn config() -> Config {
-    // Small segments, so that the writer rolls while it is killed.
-    Config::default()
-        .segment_bytes(16 * 1024)
-        .durability(Durability::Sync)
+/// How the writer's log is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `Durability::Sync`, small segments, so that the writer rolls while
+    /// it is killed.
+    Sync,
+    /// `Durability::None` with the same small segments.
+    Unsynced,
+    /// `Durability::None` with segments large enough that the active one is
+    /// mostly space reserved ahead of the data when the writer dies.
+    UnsyncedLarge,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Unsynced => "unsynced",
+            Mode::UnsyncedLarge => "unsynced-large",
+        }
+    }
+
+    fn from_name(name: &str) -> Mode {
+        [Mode::Sync, Mode::Unsynced, Mode::UnsyncedLarge]
+            .into_iter()
+            .find(|mode| mode.name() == name)
+            .expect("a mode name")
+    }
+
+    fn config(self) -> Config {
+        match self {
+            Mode::Sync => Config::default()
+                .segment_bytes(16 * 1024)
+                .durability(Durability::Sync),
+            Mode::Unsynced => Config::default()
+                .segment_bytes(16 * 1024)
+                .durability(Durability::None),
+            Mode::UnsyncedLarge => Config::default()
+                .segment_bytes(64 << 20)
+                .durability(Durability::None),
+        }
+    }
 }
 
 /// Who wrote a record: the round (process), the thread, and the thread's
@@ -80,7 +124,8 @@ fn sigkill_writer_process() {
         .expect("round")
         .parse()
         .expect("a number");
-    let log = Log::open(&dir, config()).expect("writer: open");
+    let mode = Mode::from_name(&std::env::var(CHILD_MODE_ENV).expect("mode"));
+    let log = Log::open(&dir, mode.config()).expect("writer: open");
     let partition = log.partition(0).expect("writer: partition 0");
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -157,11 +202,12 @@ fn parse_ack(line: &str) -> Option<(u64, Id)> {
 
 /// Runs one writer process until it has acknowledged something, lets it
 /// run `delay` more, kills it, and returns every acknowledgement it printed.
-fn run_and_kill(dir: &Path, round: u32, delay: Duration) -> Vec<(u64, Id)> {
+fn run_and_kill(dir: &Path, mode: Mode, round: u32, delay: Duration) -> Vec<(u64, Id)> {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads", "1"])
         .env(CHILD_DIR_ENV, dir)
         .env(CHILD_ROUND_ENV, round.to_string())
+        .env(CHILD_MODE_ENV, mode.name())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -219,8 +265,8 @@ fn run_and_kill(dir: &Path, round: u32, delay: Duration) -> Vec<(u64, Id)> {
 
 /// Opens the log as recovery leaves it and checks it against everything
 /// acknowledged so far.
-fn verify(dir: &Path, acked: &BTreeMap<u64, Id>, round: u32) {
-    let log = Log::open(dir, config()).expect("open after SIGKILL");
+fn verify(dir: &Path, mode: Mode, acked: &BTreeMap<u64, Id>, round: u32) {
+    let log = Log::open(dir, mode.config()).expect("open after SIGKILL");
     let p = log.partition(0).expect("partition 0");
     assert_eq!(p.start_offset(), 0);
     let records: Vec<StoredRecord> = p
@@ -270,6 +316,20 @@ fn verify(dir: &Path, acked: &BTreeMap<u64, Id>, round: u32) {
 
 #[test]
 fn acknowledged_records_survive_sigkill() {
+    kill_and_verify(Mode::Sync);
+}
+
+#[test]
+fn returned_appends_survive_sigkill_without_fsync() {
+    kill_and_verify(Mode::Unsynced);
+}
+
+#[test]
+fn returned_appends_survive_sigkill_into_reserved_space() {
+    kill_and_verify(Mode::UnsyncedLarge);
+}
+
+fn kill_and_verify(mode: Mode) {
     let rounds: u32 = std::env::var("DURABLE_LOG_KILL_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -287,7 +347,7 @@ fn acknowledged_records_survive_sigkill() {
     let mut acked: BTreeMap<u64, Id> = BTreeMap::new();
     for round in 0..rounds {
         let delay = Duration::from_millis(200 + next_random(&mut seed) % 601);
-        let acks = run_and_kill(dir.path(), round, delay);
+        let acks = run_and_kill(dir.path(), mode, round, delay);
         for (offset, id) in acks {
             assert_eq!(id.round, round, "an acknowledgement from another round");
             if let Some(previous) = acked.insert(offset, id) {
@@ -296,7 +356,7 @@ fn acknowledged_records_survive_sigkill() {
         }
         // Every other round the next writer recovers the killed log itself.
         if !round.is_multiple_of(2) || round + 1 == rounds {
-            verify(dir.path(), &acked, round);
+            verify(dir.path(), mode, &acked, round);
         }
     }
 }

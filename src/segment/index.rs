@@ -16,11 +16,15 @@ use bytes::Bytes;
 
 use crate::storage::{Storage, StorageFile, read_exact_at};
 
+/// How many bytes of an index file are readied for entries at a time.
+const RESERVE_BYTES: u64 = 64 << 10;
+
 /// One entry kind of an index file.
 pub(crate) trait Entry: Copy + std::fmt::Debug {
     /// Size of an encoded entry in bytes.
     const BYTES: usize;
-    fn encode(&self) -> Vec<u8>;
+    /// Writes the entry into the first [`Entry::BYTES`] bytes of `out`.
+    fn encode_into(&self, out: &mut [u8]);
     fn decode(bytes: &[u8]) -> Self;
 }
 
@@ -35,11 +39,9 @@ pub(crate) struct OffsetEntry {
 impl Entry for OffsetEntry {
     const BYTES: usize = 8;
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::BYTES);
-        out.extend_from_slice(&self.relative_offset.to_le_bytes());
-        out.extend_from_slice(&self.position.to_le_bytes());
-        out
+    fn encode_into(&self, out: &mut [u8]) {
+        out[0..4].copy_from_slice(&self.relative_offset.to_le_bytes());
+        out[4..8].copy_from_slice(&self.position.to_le_bytes());
     }
 
     fn decode(bytes: &[u8]) -> Self {
@@ -62,11 +64,9 @@ pub(crate) struct TimeEntry {
 impl Entry for TimeEntry {
     const BYTES: usize = 12;
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::BYTES);
-        out.extend_from_slice(&self.timestamp.to_le_bytes());
-        out.extend_from_slice(&self.relative_offset.to_le_bytes());
-        out
+    fn encode_into(&self, out: &mut [u8]) {
+        out[0..8].copy_from_slice(&self.timestamp.to_le_bytes());
+        out[8..12].copy_from_slice(&self.relative_offset.to_le_bytes());
     }
 
     fn decode(bytes: &[u8]) -> Self {
@@ -85,6 +85,9 @@ pub(crate) struct Index<E: Entry> {
     view: Option<Bytes>,
     len: AtomicU64,
     max_entries: u64,
+    /// Bytes of the file readied for entries with [`StorageFile::reserve`]
+    /// (writer only).
+    reserved: AtomicU64,
     _entry: std::marker::PhantomData<E>,
 }
 
@@ -139,6 +142,7 @@ impl<E: Entry> Index<E> {
             view,
             len: AtomicU64::new(len),
             max_entries,
+            reserved: AtomicU64::new(0),
             _entry: std::marker::PhantomData,
         })
     }
@@ -170,9 +174,20 @@ impl<E: Entry> Index<E> {
             "index {} is full",
             self.path.display()
         );
-        // A reopened index file may be shorter than its maximum: growing it
-        // is covered by the mapping made for `max_entries`.
-        self.file.write_at(&entry.encode(), len * E::BYTES as u64)?;
+        let position = len * E::BYTES as u64;
+        let end = position + E::BYTES as u64;
+        // Entries are stored into space readied a chunk at a time, so that
+        // most cost no system call. A reopened index file may be shorter
+        // than its maximum: growing it is covered by the mapping made for
+        // `max_entries`.
+        if end > self.reserved.load(Ordering::Relaxed) {
+            let to = (end + RESERVE_BYTES).min(self.max_entries * E::BYTES as u64);
+            self.file.reserve(to)?;
+            self.reserved.store(to, Ordering::Relaxed);
+        }
+        let mut bytes = [0u8; 16];
+        entry.encode_into(&mut bytes);
+        self.file.write_at(&bytes[..E::BYTES], position)?;
         self.len.store(len + 1, Ordering::Release);
         Ok(())
     }
@@ -223,7 +238,9 @@ impl<E: Entry> Index<E> {
 
     /// Shrinks the file to its entries (on roll and close).
     pub(crate) fn trim(&self) -> io::Result<()> {
-        self.file.set_len(self.len() * E::BYTES as u64)
+        let len = self.len() * E::BYTES as u64;
+        self.reserved.fetch_min(len, Ordering::Relaxed);
+        self.file.set_len(len)
     }
 
     pub(crate) fn sync(&self) -> io::Result<()> {

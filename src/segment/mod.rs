@@ -81,10 +81,14 @@ pub(crate) struct Segment {
     bytes_since_index: AtomicU64,
     pub(crate) index: Index<OffsetEntry>,
     pub(crate) time_index: Index<TimeEntry>,
-    /// Whether to zero-fill ahead of the data (for `Durability::Sync`).
-    preallocate: bool,
-    /// The file's length: data, then zeros written ahead.
+    /// What is readied ahead of the data.
+    ahead: Ahead,
+    /// The file's length: data, then the zeros written or the space
+    /// reserved ahead (writer only).
     allocated: AtomicU64,
+    /// The end of the space reserved for writes, at most `allocated`
+    /// (writer only, `Ahead::Reserve`).
+    reserved: AtomicU64,
     segment_bytes: u64,
 }
 
@@ -103,6 +107,28 @@ impl std::fmt::Debug for Segment {
 
 /// How far ahead of the data a `Durability::Sync` segment is zero-filled.
 const PREALLOCATE_BYTES: u64 = 1 << 20;
+
+/// How far ahead of the data other active segments reserve space.
+const RESERVE_BYTES: u64 = 4 << 20;
+
+/// What an active segment readies ahead of its data, so that appends do
+/// not grow the file one batch at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ahead {
+    /// Nothing: each write grows the file (segments written in full before
+    /// they are renamed into place).
+    Nothing,
+    /// Zeros written [`PREALLOCATE_BYTES`] ahead (`Durability::Sync`): each
+    /// fsync then overwrites blocks already allocated and written, and
+    /// commits neither an allocation nor a size change.
+    Zeros,
+    /// Space reserved [`RESERVE_BYTES`] ahead with
+    /// [`StorageFile::reserve`]: batches are copied into a mapping of the
+    /// file rather than written with a system call each. The unwritten
+    /// blocks cost their conversion at the next fsync, which `Interval` and
+    /// `None` make rarely.
+    Reserve,
+}
 
 /// Limits of the indexes, from the config.
 fn index_limits(config: &Config) -> (u64, u64) {
@@ -163,7 +189,7 @@ impl Segment {
         let time_index =
             Index::create(storage, &time_path, time_bytes).map_err(|e| Error::io(&time_path, e))?;
         let mut segment = Self::assemble(log_path, log, 0, base_offset, index, time_index, config)?;
-        segment.preallocate = false;
+        segment.ahead = Ahead::Nothing;
         Ok(segment)
     }
 
@@ -191,8 +217,12 @@ impl Segment {
             bytes_since_index: AtomicU64::new(0),
             index,
             time_index,
-            preallocate: config.durability == Durability::Sync,
+            ahead: match config.durability {
+                Durability::Sync => Ahead::Zeros,
+                Durability::Interval(_) | Durability::None => Ahead::Reserve,
+            },
             allocated: AtomicU64::new(size),
+            reserved: AtomicU64::new(size),
             segment_bytes: config.segment_bytes,
         })
     }
@@ -351,8 +381,13 @@ impl Segment {
     pub(crate) fn write(&self, bytes: &[u8]) -> Result<u64> {
         let position = self.size.load(Ordering::Relaxed);
         let end = position + bytes.len() as u64;
-        if self.preallocate && end > self.allocated.load(Ordering::Relaxed) {
-            self.preallocate_past(end)?;
+        let readied = match self.ahead {
+            Ahead::Nothing => u64::MAX,
+            Ahead::Zeros => self.allocated.load(Ordering::Relaxed),
+            Ahead::Reserve => self.reserved.load(Ordering::Relaxed),
+        };
+        if end > readied {
+            self.ready_past(end)?;
         }
         self.log
             .write_at(bytes, position)
@@ -360,18 +395,41 @@ impl Segment {
         Ok(position)
     }
 
-    /// Writes zeros from the end of the data to a chunk past `end`, so that
-    /// the next batches overwrite blocks the file system has already
-    /// allocated: their fsync then need not commit an allocation or a size
-    /// change. The zeros become durable with the next fsync.
-    fn preallocate_past(&self, end: u64) -> Result<()> {
+    /// Readies the file a chunk past `end` (never past the segment's size
+    /// limit unless `end` is), as [`Ahead`] says.
+    ///
+    /// Zeros are written from the end of the data, so that the next batches
+    /// overwrite blocks the file system has already allocated: their fsync
+    /// then need not commit an allocation or a size change. The zeros become
+    /// durable with the next fsync.
+    ///
+    /// A reservation first sets the file's length to the segment's size
+    /// limit, once (the file systems measured here take stores into a
+    /// mapping far more slowly near the end of a file that keeps growing),
+    /// then allocates a chunk at a time below it.
+    fn ready_past(&self, end: u64) -> Result<()> {
         let from = self.size.load(Ordering::Relaxed);
-        let to = (end + PREALLOCATE_BYTES).min(end.max(self.segment_bytes));
-        let zeros = vec![0u8; (to - from) as usize];
-        self.log
-            .write_at(&zeros, from)
-            .map_err(|e| Error::io(&self.log_path, e))?;
-        self.allocated.store(to, Ordering::Relaxed);
+        let io = |e| Error::io(&self.log_path, e);
+        match self.ahead {
+            Ahead::Nothing => {}
+            Ahead::Zeros => {
+                let to = (end + PREALLOCATE_BYTES).min(end.max(self.segment_bytes));
+                self.log
+                    .write_at(&vec![0u8; (to - from) as usize], from)
+                    .map_err(io)?;
+                self.allocated.store(to, Ordering::Relaxed);
+            }
+            Ahead::Reserve => {
+                let len = end.max(self.segment_bytes);
+                if self.allocated.load(Ordering::Relaxed) < len {
+                    self.log.set_len(len).map_err(io)?;
+                    self.allocated.store(len, Ordering::Relaxed);
+                }
+                let to = (end + RESERVE_BYTES).min(len);
+                self.log.reserve(to).map_err(io)?;
+                self.reserved.store(to, Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 
@@ -461,7 +519,7 @@ impl Segment {
         self.log
             .sync_data()
             .map_err(|e| Error::io(&self.log_path, e))?;
-        // Cut preallocated zeros, so that the file ends where its data does;
+        // Cut the zeros ahead, so that the file ends where its data does;
         // readers only read below `size`, so nothing they hold is cut.
         let size = self.size();
         if self.allocated.load(Ordering::Relaxed) > size {
@@ -470,6 +528,7 @@ impl Segment {
                 .and_then(|()| self.log.sync_data())
                 .map_err(|e| Error::io(&self.log_path, e))?;
             self.allocated.store(size, Ordering::Relaxed);
+            self.reserved.fetch_min(size, Ordering::Relaxed);
         }
         for (index_path, result) in [
             (

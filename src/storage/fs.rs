@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
@@ -19,7 +19,37 @@ use super::{LockGuard, Storage, StorageFile};
 pub(crate) struct FsStorage;
 
 #[derive(Debug)]
-struct FsFile(File);
+struct FsFile {
+    file: File,
+    /// The reserved part of the file, mapped for writing; `None` until
+    /// [`StorageFile::reserve`] succeeds, and again after the file shrinks
+    /// below it.
+    reserved: Mutex<Option<WriteMap>>,
+}
+
+/// A shared, writable mapping of a file, of which the first `len` bytes are
+/// inside the file and allocated on disk. The mapping itself may reach
+/// further, so that it need not be remade each time the reservation grows;
+/// nothing past `len` is ever touched.
+#[derive(Debug)]
+struct WriteMap {
+    map: memmap2::MmapRaw,
+    len: u64,
+}
+
+impl FsFile {
+    fn new(file: File) -> FsFile {
+        FsFile {
+            file,
+            reserved: Mutex::new(None),
+        }
+    }
+
+    fn reserved(&self) -> MutexGuard<'_, Option<WriteMap>> {
+        // The guarded state is replaced whole, never left half-updated.
+        self.reserved.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 #[derive(Debug)]
 struct FsLock(#[allow(dead_code, reason = "held for its Drop, which unlocks")] File);
@@ -38,7 +68,7 @@ impl Storage for FsStorage {
             .create(create)
             .truncate(false)
             .open(path)?;
-        Ok(Arc::new(FsFile(file)))
+        Ok(Arc::new(FsFile::new(file)))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -97,23 +127,142 @@ impl Storage for FsStorage {
 
 impl StorageFile for FsFile {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
-        self.0.read_at(buf, position)
+        self.file.read_at(buf, position)
     }
 
     fn write_at(&self, buf: &[u8], position: u64) -> io::Result<()> {
-        self.0.write_all_at(buf, position)
+        let end = position.checked_add(buf.len() as u64);
+        {
+            let reserved = self.reserved();
+            if let (Some(map), Some(end)) = (reserved.as_ref(), end)
+                && end <= map.len
+            {
+                // SAFETY: `position..end` lies inside the mapping (`end <=
+                // map.len`, which is at most the mapping's length) and inside
+                // the file, which is never shrunk below `map.len` while it is
+                // installed: `set_len` takes this lock and removes the
+                // mapping first. The space is allocated (`fallocate`), so
+                // storing into it cannot fault for want of blocks. Nothing
+                // in this process holds a Rust reference into this range of
+                // the writable mapping; readers of the file's read-only
+                // mapping only read bytes published after this write
+                // returns, and published bytes are never written again.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        buf.as_ptr(),
+                        map.map.as_mut_ptr().add(position as usize),
+                        buf.len(),
+                    );
+                }
+                return Ok(());
+            }
+        }
+        self.file.write_all_at(buf, position)
     }
 
     fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        let mut reserved = self.reserved();
+        if reserved.as_ref().is_some_and(|map| map.len > len) {
+            *reserved = None;
+        }
+        self.file.set_len(len)
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        // Stores into the writable mapping dirty the same page-cache pages
+        // a `write` would; fdatasync writes them back like any others.
+        self.file.sync_data()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn reserve(&self, len: u64) -> io::Result<()> {
+        let mut reserved = self.reserved();
+        let from = reserved.as_ref().map_or(0, |map| map.len);
+        if len <= from {
+            return Ok(());
+        }
+        // Mappings grow by doubling: remapping (and unmapping the pages
+        // already written) on every reservation would cost more than it
+        // saves.
+        let map_len = len.checked_next_power_of_two().unwrap_or(len);
+        let (Ok(start), Ok(count), Ok(_)) = (
+            libc::off_t::try_from(from),
+            libc::off_t::try_from(len - from),
+            usize::try_from(map_len),
+        ) else {
+            return Err(io::Error::other("reservation overflows off_t"));
+        };
+        // SAFETY: a plain system call on a descriptor this file owns; no
+        // memory of this process is read or written.
+        let allocated = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, start, count) };
+        if allocated != 0 {
+            let error = io::Error::last_os_error();
+            return match error.raw_os_error() {
+                // A file system that cannot allocate ahead: grow the file
+                // and keep writing with `pwrite`, which reports a lack of
+                // space as an error where a store into a mapping could not.
+                Some(libc::EOPNOTSUPP | libc::ENOSYS) => {
+                    *reserved = None;
+                    if self.len()? < len {
+                        self.file.set_len(len)?;
+                    }
+                    Ok(())
+                }
+                _ => Err(error),
+            };
+        }
+        // The mapping is shared; only its first `len` bytes, which the file
+        // now holds, allocated, are ever written. It is written only through
+        // `write_at`, under the `reserved` lock and below `len`, and it is
+        // removed (under the same lock) before the file is shrunk below
+        // `len`, so no store can reach past the file's end.
+        let map = match reserved.take() {
+            Some(old) if old.map.len() as u64 >= len => old.map,
+            _ => memmap2::MmapOptions::new()
+                .len(map_len as usize)
+                .map_raw(&self.file)?,
+        };
+        *reserved = Some(WriteMap { map, len });
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn data_after(&self, position: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        let Ok(at) = libc::off_t::try_from(position) else {
+            return Ok(None);
+        };
+        let seek = |whence| {
+            // SAFETY: a plain system call on a descriptor this file owns; it
+            // moves the descriptor's offset, which nothing here relies on
+            // (every read and write names its position).
+            match unsafe { libc::lseek(self.file.as_raw_fd(), at, whence) } {
+                -1 => Err(io::Error::last_os_error()),
+                found => Ok(found as u64),
+            }
+        };
+        let start = match seek(libc::SEEK_DATA) {
+            Ok(start) => start,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+            // A file system that cannot tell: all of it may be data.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let len = self.len()?;
+                return Ok((position < len).then_some(position..len));
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(from) = libc::off_t::try_from(start) else {
+            return Ok(None);
+        };
+        // SAFETY: as above.
+        let end = match unsafe { libc::lseek(self.file.as_raw_fd(), from, libc::SEEK_HOLE) } {
+            -1 => return Err(io::Error::last_os_error()),
+            end => end as u64,
+        };
+        Ok(Some(start..end))
     }
 
     fn map(&self, len: u64) -> io::Result<Option<Bytes>> {
@@ -134,7 +283,7 @@ impl StorageFile for FsFile {
         // below the file's length, so no access can fault. Bytes that change
         // after publication are never read: published bytes are never
         // rewritten in place.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&self.0)? };
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&self.file)? };
         Ok(Some(Bytes::from_owner(map)))
     }
 
@@ -150,12 +299,13 @@ impl StorageFile for FsFile {
                 .unwrap_or(usize::MAX)
                 .min(1 << 30);
             // SAFETY: both descriptors are open for the duration of the call
-            // (`self.0` is owned by this file, `out` is borrowed from the
+            // (`self.file` is owned by this file, `out` is borrowed from the
             // caller), and `offset` is a valid, exclusively borrowed
             // `off_t` that the kernel advances; no memory of this process is
             // read or written.
-            let sent =
-                unsafe { libc::sendfile(out.as_raw_fd(), self.0.as_raw_fd(), &mut offset, count) };
+            let sent = unsafe {
+                libc::sendfile(out.as_raw_fd(), self.file.as_raw_fd(), &mut offset, count)
+            };
             match sent {
                 -1 => {
                     let error = io::Error::last_os_error();
@@ -174,5 +324,84 @@ impl StorageFile for FsFile {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> (tempfile::TempDir, Arc<dyn StorageFile>) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = FsStorage.open(&dir.path().join("f"), true).unwrap();
+        (dir, file)
+    }
+
+    fn read(file: &dyn StorageFile, position: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        crate::storage::read_exact_at(file, &mut buf, position).unwrap();
+        buf
+    }
+
+    #[test]
+    fn writes_into_reserved_space_read_back_and_grow_past_it() {
+        let (_dir, file) = file();
+        file.set_len(1 << 20).unwrap();
+        file.reserve(64 << 10).unwrap();
+        // Inside the reservation, across its end, and past it.
+        file.write_at(&[1; 300], 100).unwrap();
+        file.write_at(&[2; 300], (64 << 10) - 100).unwrap();
+        file.write_at(&[3; 300], 1 << 20).unwrap();
+        assert_eq!(read(&*file, 100, 300), vec![1; 300]);
+        assert_eq!(read(&*file, (64 << 10) - 100, 300), vec![2; 300]);
+        assert_eq!(read(&*file, 1 << 20, 300), vec![3; 300]);
+        assert_eq!(file.len().unwrap(), (1 << 20) + 300);
+        // Growing the reservation keeps what was stored.
+        file.reserve(512 << 10).unwrap();
+        file.write_at(&[4; 10], 400 << 10).unwrap();
+        assert_eq!(read(&*file, 100, 300), vec![1; 300]);
+        assert_eq!(read(&*file, 400 << 10, 10), vec![4; 10]);
+        file.sync_data().unwrap();
+    }
+
+    #[test]
+    fn reserving_grows_a_short_file_with_zeros() {
+        let (_dir, file) = file();
+        file.write_at(b"abc", 0).unwrap();
+        file.reserve(10_000).unwrap();
+        assert_eq!(file.len().unwrap(), 10_000);
+        assert_eq!(read(&*file, 0, 5), b"abc\0\0");
+        file.write_at(b"xyz", 9_997).unwrap();
+        assert_eq!(read(&*file, 9_990, 10), b"\0\0\0\0\0\0\0xyz");
+    }
+
+    #[test]
+    fn shrinking_ends_the_reservation() {
+        let (_dir, file) = file();
+        file.reserve(256 << 10).unwrap();
+        file.write_at(&[5; 100], 0).unwrap();
+        file.set_len(1000).unwrap();
+        // Past the new end: written (and the file grown) by a system call,
+        // not stored into a mapping past the file's end.
+        file.write_at(&[6; 100], 200 << 10).unwrap();
+        assert_eq!(file.len().unwrap(), (200 << 10) + 100);
+        assert_eq!(read(&*file, 0, 100), vec![5; 100]);
+        assert_eq!(read(&*file, 200 << 10, 100), vec![6; 100]);
+        assert_eq!(read(&*file, 1000, 10), vec![0; 10]);
+    }
+
+    #[test]
+    fn data_after_skips_space_never_written() {
+        let (_dir, file) = file();
+        file.set_len(64 << 20).unwrap();
+        file.reserve(8 << 20).unwrap();
+        file.write_at(&[7; 4096], 0).unwrap();
+        file.sync_data().unwrap();
+        let data = file.data_after(0).unwrap().expect("data at the start");
+        assert_eq!(data.start, 0);
+        assert!(data.end >= 4096 && data.end <= 64 << 20, "{data:?}");
+        // Past the reservation the file is a hole.
+        assert_eq!(file.data_after(9 << 20).unwrap(), None);
+        assert_eq!(file.data_after(64 << 20).unwrap(), None);
     }
 }

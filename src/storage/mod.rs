@@ -66,6 +66,32 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the written data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// Readies the file's first `len` bytes for writes: the file grows to
+    /// at least `len` bytes (reading as zeros past its old end) with that
+    /// space allocated, so that a later write below `len` changes neither
+    /// the file's length nor can fail for want of space. An implementation
+    /// may then take such writes by copying them into a shared mapping of
+    /// the file, which costs no system call; they reach the disk with the
+    /// next [`sync_data`](StorageFile::sync_data), like any write. Shrinking
+    /// the file with [`set_len`](StorageFile::set_len) ends the reservation
+    /// above the new length.
+    ///
+    /// The default grows the file with `set_len` and nothing more.
+    fn reserve(&self, len: u64) -> io::Result<()> {
+        if self.len()? < len {
+            self.set_len(len)?;
+        }
+        Ok(())
+    }
+    /// The first stretch at or after `position` that may hold bytes other
+    /// than zeros, as `start..end`: every byte from `position` to `start` is
+    /// known to read as zero (a hole, or space allocated but never written).
+    /// `None` when nothing from `position` to the end may. The default knows
+    /// of no holes and answers `position..len`.
+    fn data_after(&self, position: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+        let len = self.len()?;
+        Ok((position < len).then_some(position..len))
+    }
     /// A read-only view of the first `len` bytes of the file, which may
     /// extend past its current end so that it can grow into the view. Only
     /// bytes below the file's length may be touched; the caller never shrinks
