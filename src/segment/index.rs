@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::storage::{Storage, StorageFile, read_exact_at};
+use crate::storage::{Storage, StorageFile, Stores, read_exact_at};
 
 /// How many bytes of an index file are readied for entries at a time.
 const RESERVE_BYTES: u64 = 64 << 10;
@@ -182,7 +182,7 @@ impl<E: Entry> Index<E> {
         // `max_entries`.
         if end > self.reserved.load(Ordering::Relaxed) {
             let to = (end + RESERVE_BYTES).min(self.max_entries * E::BYTES as u64);
-            self.file.reserve(to)?;
+            self.file.reserve(to, Stores::Small)?;
             self.reserved.store(to, Ordering::Relaxed);
         }
         let mut bytes = [0u8; 16];

@@ -18,7 +18,7 @@ pub(crate) use index::{Entry, Index, OffsetEntry, TimeEntry};
 use crate::config::{Config, Durability};
 use crate::error::{CorruptKind, Error, Result};
 use crate::record::batch::{self, BatchHeader, HEADER_BYTES};
-use crate::storage::{Storage, StorageFile, read_exact_at};
+use crate::storage::{Storage, StorageFile, Stores, read_exact_at};
 
 /// File name suffixes.
 pub(crate) const LOG_SUFFIX: &str = ".log";
@@ -426,7 +426,7 @@ impl Segment {
                     self.allocated.store(len, Ordering::Relaxed);
                 }
                 let to = (end + RESERVE_BYTES).min(len);
-                self.log.reserve(to).map_err(io)?;
+                self.log.reserve(to, Stores::Streaming).map_err(io)?;
                 self.reserved.store(to, Ordering::Relaxed);
             }
         }

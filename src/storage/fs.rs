@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
-use super::{LockGuard, Storage, StorageFile};
+use super::{LockGuard, Storage, StorageFile, Stores};
 
 /// The operating system's file system.
 #[derive(Debug, Default, Clone, Copy)]
@@ -179,7 +179,7 @@ impl StorageFile for FsFile {
     }
 
     #[cfg(target_os = "linux")]
-    fn reserve(&self, len: u64) -> io::Result<()> {
+    fn reserve(&self, len: u64, stores: Stores) -> io::Result<()> {
         let mut reserved = self.reserved();
         let from = reserved.as_ref().map_or(0, |map| map.len);
         if len <= from {
@@ -222,9 +222,19 @@ impl StorageFile for FsFile {
         // `len`, so no store can reach past the file's end.
         let map = match reserved.take() {
             Some(old) if old.map.len() as u64 >= len => old.map,
-            _ => memmap2::MmapOptions::new()
-                .len(map_len as usize)
-                .map_raw(&self.file)?,
+            _ => {
+                let map = memmap2::MmapOptions::new()
+                    .len(map_len as usize)
+                    .map_raw(&self.file)?;
+                // A store into a page not yet cached makes the kernel read
+                // (here: zero) the page, and by default a large window of
+                // pages after it: worth it for batches, which fill those
+                // pages next, but far more than small writes need.
+                if stores == Stores::Small {
+                    map.advise(memmap2::Advice::Random)?;
+                }
+                map
+            }
         };
         *reserved = Some(WriteMap { map, len });
         Ok(())
@@ -347,7 +357,7 @@ mod tests {
     fn writes_into_reserved_space_read_back_and_grow_past_it() {
         let (_dir, file) = file();
         file.set_len(1 << 20).unwrap();
-        file.reserve(64 << 10).unwrap();
+        file.reserve(64 << 10, Stores::Streaming).unwrap();
         // Inside the reservation, across its end, and past it.
         file.write_at(&[1; 300], 100).unwrap();
         file.write_at(&[2; 300], (64 << 10) - 100).unwrap();
@@ -357,7 +367,7 @@ mod tests {
         assert_eq!(read(&*file, 1 << 20, 300), vec![3; 300]);
         assert_eq!(file.len().unwrap(), (1 << 20) + 300);
         // Growing the reservation keeps what was stored.
-        file.reserve(512 << 10).unwrap();
+        file.reserve(512 << 10, Stores::Streaming).unwrap();
         file.write_at(&[4; 10], 400 << 10).unwrap();
         assert_eq!(read(&*file, 100, 300), vec![1; 300]);
         assert_eq!(read(&*file, 400 << 10, 10), vec![4; 10]);
@@ -368,7 +378,7 @@ mod tests {
     fn reserving_grows_a_short_file_with_zeros() {
         let (_dir, file) = file();
         file.write_at(b"abc", 0).unwrap();
-        file.reserve(10_000).unwrap();
+        file.reserve(10_000, Stores::Streaming).unwrap();
         assert_eq!(file.len().unwrap(), 10_000);
         assert_eq!(read(&*file, 0, 5), b"abc\0\0");
         file.write_at(b"xyz", 9_997).unwrap();
@@ -378,7 +388,7 @@ mod tests {
     #[test]
     fn shrinking_ends_the_reservation() {
         let (_dir, file) = file();
-        file.reserve(256 << 10).unwrap();
+        file.reserve(256 << 10, Stores::Streaming).unwrap();
         file.write_at(&[5; 100], 0).unwrap();
         file.set_len(1000).unwrap();
         // Past the new end: written (and the file grown) by a system call,
@@ -394,7 +404,7 @@ mod tests {
     fn data_after_skips_space_never_written() {
         let (_dir, file) = file();
         file.set_len(64 << 20).unwrap();
-        file.reserve(8 << 20).unwrap();
+        file.reserve(8 << 20, Stores::Streaming).unwrap();
         file.write_at(&[7; 4096], 0).unwrap();
         file.sync_data().unwrap();
         let data = file.data_after(0).unwrap().expect("data at the start");

@@ -76,8 +76,11 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     /// the file with [`set_len`](StorageFile::set_len) ends the reservation
     /// above the new length.
     ///
+    /// `stores` says what the writes into the reservation will be like.
+    ///
     /// The default grows the file with `set_len` and nothing more.
-    fn reserve(&self, len: u64) -> io::Result<()> {
+    fn reserve(&self, len: u64, stores: Stores) -> io::Result<()> {
+        let _ = stores;
         if self.len()? < len {
             self.set_len(len)?;
         }
@@ -104,6 +107,17 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
         let _ = (position, len, out);
         Ok(false)
     }
+}
+
+/// What the writes into a [reservation](StorageFile::reserve) will be like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stores {
+    /// Large writes one after the other (batches): the first store into a
+    /// page may prepare the pages after it too.
+    Streaming,
+    /// Small writes (index entries): a store prepares only its own page, as
+    /// preparing pages ahead would cost more than the write.
+    Small,
 }
 
 /// Holds a directory lock until dropped.
