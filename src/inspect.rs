@@ -367,16 +367,35 @@ impl SegmentFile {
     /// True if every byte from `position` to the end of the file is zero:
     /// space written ahead for appends, which ends the data as the end of
     /// the file would (the log cuts it without counting it as torn).
+    ///
+    /// Holes (space reserved ahead and never written) are skipped, not read.
     fn zeros_from(&mut self, position: u64) -> Result<bool> {
         let mut at = position;
         while at < self.len {
-            let len = (self.len - at).min(WINDOW_BYTES as u64) as usize;
-            if self.bytes(at, len)?.iter().any(|&b| b != 0) {
-                return Ok(false);
+            let data = self.data_after(at)?;
+            let Some(data) = data.filter(|data| data.end > at) else {
+                return Ok(true);
+            };
+            at = data.start.max(at);
+            let stop = data.end.min(self.len);
+            while at < stop {
+                let len = (stop - at).min(WINDOW_BYTES as u64) as usize;
+                if self.bytes(at, len)?.iter().any(|&b| b != 0) {
+                    return Ok(false);
+                }
+                at += len as u64;
             }
-            at += len as u64;
         }
         Ok(true)
+    }
+
+    /// The next stretch at or after `position` that may hold data.
+    fn data_after(&self, position: u64) -> Result<Option<std::ops::Range<u64>>> {
+        #[cfg(target_os = "linux")]
+        return crate::storage::data_after(&self.file, position)
+            .map_err(|e| Error::io(&self.path, e));
+        #[cfg(not(target_os = "linux"))]
+        return Ok((position < self.len).then_some(position..self.len));
     }
 
     /// The header at `position`, checked against the file's bounds but not

@@ -2315,6 +2315,31 @@ mod tests {
     use crate::storage::sim::SimStorage;
     use crate::{Config, Log, Producer, ProducerConfig, Record};
 
+    /// Row 5's zero check skips holes but still finds a byte past them.
+    #[test]
+    fn the_zero_check_skips_holes_and_finds_bytes_past_them() {
+        use crate::storage::{Storage, Stores};
+        let dir = tempfile::tempdir().unwrap();
+        let file = crate::storage::FsStorage
+            .open(&dir.path().join("f"), true)
+            .unwrap();
+        file.set_len(64 << 20).unwrap();
+        file.reserve(8 << 20, Stores::Streaming).unwrap();
+        file.write_at(&[1; 100], 0).unwrap();
+        assert_eq!(super::end_of_nonzero(&*file, 100, 64 << 20).unwrap(), 100);
+        assert_eq!(super::end_of_nonzero(&*file, 50, 64 << 20).unwrap(), 100);
+        file.write_at(&[2], 40 << 20).unwrap();
+        file.write_at(&[3], (4 << 20) + 7).unwrap();
+        assert_eq!(
+            super::end_of_nonzero(&*file, 100, 64 << 20).unwrap(),
+            (40 << 20) + 1
+        );
+        assert_eq!(
+            super::end_of_nonzero(&*file, 100, 20 << 20).unwrap(),
+            (4 << 20) + 8
+        );
+    }
+
     /// Row 11: after an fsync fails, the failed batch stays readable in the
     /// page cache yet may never reach the disk. The next open (in the same
     /// boot, so those bytes are still there) must cut it, so that later

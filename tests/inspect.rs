@@ -844,6 +844,38 @@ fn space_written_ahead_is_not_damage() {
 }
 
 #[test]
+fn space_reserved_ahead_is_not_damage() {
+    // With Durability::None the active segment is as long as its size limit
+    // while the log is open, mostly holes: what an unclean shutdown leaves.
+    let dir = tempfile::tempdir().unwrap();
+    let config = durable_log::Config::default()
+        .durability(durable_log::Durability::None)
+        .segment_bytes(256 << 20);
+    let log = durable_log::Log::open(dir.path(), config).unwrap();
+    let p = log.partition(0).unwrap();
+    for i in 0..5 {
+        p.append(&[durable_log::Record::new(format!("{i}"))])
+            .unwrap();
+    }
+    let segment = dir.path().join("0").join("00000000000000000000.log");
+    assert_eq!(fs::metadata(&segment).unwrap().len(), 256 << 20);
+    let dump = inspect::dump_segment(&segment).unwrap();
+    assert_eq!(dump.batches.len(), 5);
+    assert!(dump.invalid.is_none());
+    // Bytes past the data are still found.
+    append_bytes_at(&segment, (128 << 20) + 5, b"x");
+    let dump = inspect::dump_segment(&segment).unwrap();
+    assert_eq!(dump.batches.len(), 5);
+    assert!(dump.invalid.is_some());
+}
+
+fn append_bytes_at(path: &Path, position: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, position).unwrap();
+}
+
+#[test]
 fn hostile_segment_bytes_never_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("00000000000000000000.log");

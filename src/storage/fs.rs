@@ -125,6 +125,36 @@ impl Storage for FsStorage {
     }
 }
 
+/// [`StorageFile::data_after`] for a file of the file system, from
+/// `SEEK_DATA` and `SEEK_HOLE`; a file system that cannot tell is taken to
+/// hold data everywhere.
+#[cfg(target_os = "linux")]
+pub(crate) fn data_after(file: &File, position: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+    let seek = |at: u64, whence| {
+        let Ok(at) = libc::off_t::try_from(at) else {
+            return Err(io::Error::from_raw_os_error(libc::ENXIO));
+        };
+        // SAFETY: a plain system call on a descriptor the caller owns; it
+        // moves the descriptor's offset, which nothing here relies on
+        // (every read and write names its position).
+        match unsafe { libc::lseek(file.as_raw_fd(), at, whence) } {
+            -1 => Err(io::Error::last_os_error()),
+            found => Ok(found as u64),
+        }
+    };
+    let start = match seek(position, libc::SEEK_DATA) {
+        Ok(start) => start,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let len = file.metadata()?.len();
+            return Ok((position < len).then_some(position..len));
+        }
+        Err(e) => return Err(e),
+    };
+    let end = seek(start, libc::SEEK_HOLE)?;
+    Ok(Some(start..end))
+}
+
 impl StorageFile for FsFile {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
         self.file.read_at(buf, position)
@@ -242,37 +272,7 @@ impl StorageFile for FsFile {
 
     #[cfg(target_os = "linux")]
     fn data_after(&self, position: u64) -> io::Result<Option<std::ops::Range<u64>>> {
-        let Ok(at) = libc::off_t::try_from(position) else {
-            return Ok(None);
-        };
-        let seek = |whence| {
-            // SAFETY: a plain system call on a descriptor this file owns; it
-            // moves the descriptor's offset, which nothing here relies on
-            // (every read and write names its position).
-            match unsafe { libc::lseek(self.file.as_raw_fd(), at, whence) } {
-                -1 => Err(io::Error::last_os_error()),
-                found => Ok(found as u64),
-            }
-        };
-        let start = match seek(libc::SEEK_DATA) {
-            Ok(start) => start,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
-            // A file system that cannot tell: all of it may be data.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                let len = self.len()?;
-                return Ok((position < len).then_some(position..len));
-            }
-            Err(e) => return Err(e),
-        };
-        let Ok(from) = libc::off_t::try_from(start) else {
-            return Ok(None);
-        };
-        // SAFETY: as above.
-        let end = match unsafe { libc::lseek(self.file.as_raw_fd(), from, libc::SEEK_HOLE) } {
-            -1 => return Err(io::Error::last_os_error()),
-            end => end as u64,
-        };
-        Ok(Some(start..end))
+        data_after(&self.file, position)
     }
 
     fn map(&self, len: u64) -> io::Result<Option<Bytes>> {

@@ -20,6 +20,8 @@ mod fs;
 pub mod sim;
 
 pub(crate) use fs::FsStorage;
+#[cfg(target_os = "linux")]
+pub(crate) use fs::data_after;
 
 /// A file system as the log sees it.
 pub trait Storage: Send + Sync + fmt::Debug {
