@@ -191,13 +191,17 @@ impl Batch {
     /// each checked as it is decoded: a malformed record is an
     /// [`Error::Corrupt`] naming the batch, after which the iterator ends.
     pub fn records(&self) -> BatchRecords<'_> {
-        BatchRecords {
+        let mut records = BatchRecords {
             batch: self,
             body: &self.body,
             position: 0,
             remaining: self.header.record_count,
             min_delta: 0,
+        };
+        if self.from > self.header.base_offset {
+            records.skip_before(self.from);
         }
+        records
     }
 }
 
@@ -221,6 +225,29 @@ impl std::fmt::Debug for BatchRecords<'_> {
 }
 
 impl<'a> BatchRecords<'a> {
+    /// Steps over the records below `offset` (only the first batch of a
+    /// scan has any), decoding and checking them; a malformed one is left
+    /// for `next` to report.
+    fn skip_before(&mut self, offset: u64) {
+        let header = &self.batch.header;
+        while self.remaining > 0 {
+            let Ok(spans) = decode_record(
+                self.body,
+                self.position,
+                self.min_delta,
+                header.last_offset_delta,
+            ) else {
+                return;
+            };
+            if header.base_offset + spans.offset_delta >= offset {
+                return;
+            }
+            self.remaining -= 1;
+            self.position = spans.end;
+            self.min_delta = spans.offset_delta + 1;
+        }
+    }
+
     fn fail(&mut self, kind: CorruptKind) -> Option<Result<RecordRef<'a>>> {
         self.remaining = 0;
         self.position = self.body.len();
@@ -239,48 +266,43 @@ impl<'a> Iterator for BatchRecords<'a> {
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let header = &self.batch.header;
-        loop {
-            if self.remaining == 0 {
-                if self.position != self.body.len() {
-                    return self.fail(CorruptKind::Record("bytes after the last record"));
-                }
-                return None;
+        if self.remaining == 0 {
+            if self.position != self.body.len() {
+                return self.fail(CorruptKind::Record("bytes after the last record"));
             }
-            let spans = match decode_record(
-                self.body,
-                self.position,
-                self.min_delta,
-                header.last_offset_delta,
-            ) {
-                Ok(spans) => spans,
-                Err(kind) => return self.fail(kind),
-            };
-            self.remaining -= 1;
-            self.position = spans.end;
-            // At most `u32::MAX`, checked by `decode_record`: no overflow.
-            self.min_delta = spans.offset_delta + 1;
-            let offset = header.base_offset + spans.offset_delta;
-            if offset < self.batch.from {
-                continue;
-            }
-            let body = self.body;
-            let slice = |(from, to): (usize, usize)| body.get(from..to).unwrap_or_default();
-            return Some(Ok(RecordRef {
-                offset,
-                timestamp: header.first_timestamp.wrapping_add(spans.timestamp_delta),
-                key: spans.key.map(slice),
-                value: spans.value.map(slice),
-                header_bytes: slice(spans.headers),
-                header_count: spans.header_count,
-            }));
+            return None;
         }
+        let spans = match decode_record(
+            self.body,
+            self.position,
+            self.min_delta,
+            header.last_offset_delta,
+        ) {
+            Ok(spans) => spans,
+            Err(kind) => return self.fail(kind),
+        };
+        self.remaining -= 1;
+        self.position = spans.end;
+        // At most `u32::MAX`, checked by `decode_record`: no overflow.
+        self.min_delta = spans.offset_delta + 1;
+        let body = self.body;
+        let slice = |(from, to): (usize, usize)| body.get(from..to).unwrap_or_default();
+        Some(Ok(RecordRef {
+            offset: header.base_offset + spans.offset_delta,
+            timestamp: header.first_timestamp.wrapping_add(spans.timestamp_delta),
+            key: spans.key.map(slice),
+            value: spans.value.map(slice),
+            body,
+            headers: spans.headers,
+            header_count: spans.header_count,
+        }))
     }
 }
 
 /// A record of a [`Batch`], borrowed from it: the fields of a
 /// [`StoredRecord`](crate::StoredRecord) without copies, allocations or
-/// reference counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// reference counts. Two are equal when their fields and headers are.
+#[derive(Clone, Copy)]
 #[non_exhaustive]
 pub struct RecordRef<'a> {
     /// The record's position in the partition.
@@ -291,15 +313,43 @@ pub struct RecordRef<'a> {
     pub key: Option<&'a [u8]>,
     /// The value; `None` for a tombstone.
     pub value: Option<&'a [u8]>,
-    header_bytes: &'a [u8],
+    /// The records block, and where the record's headers are in it.
+    body: &'a [u8],
+    headers: (usize, usize),
     header_count: u64,
 }
+
+impl std::fmt::Debug for RecordRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordRef")
+            .field("offset", &self.offset)
+            .field("timestamp", &self.timestamp)
+            .field("key", &self.key)
+            .field("value", &self.value)
+            .field("headers", &self.headers().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl PartialEq for RecordRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset
+            && self.timestamp == other.timestamp
+            && self.key == other.key
+            && self.value == other.value
+            && self.headers().eq(other.headers())
+    }
+}
+
+impl Eq for RecordRef<'_> {}
 
 impl<'a> RecordRef<'a> {
     /// The record's headers, in order (checked when the record was
     /// decoded).
     pub fn headers(&self) -> HeaderRefs<'a> {
-        HeaderRefs(HeaderIter::new(self.header_bytes, self.header_count))
+        let (from, to) = self.headers;
+        let bytes = self.body.get(from..to).unwrap_or_default();
+        HeaderRefs(HeaderIter::new(bytes, self.header_count))
     }
 }
 

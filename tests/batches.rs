@@ -127,3 +127,33 @@ fn a_damaged_batch_is_an_error_and_ends_the_iteration() {
     assert_eq!(errors, 1);
     assert_eq!(seen, (0..7u64).map(|b| 1 + b % 12).sum::<u64>() as usize);
 }
+
+#[test]
+fn borrowed_records_compare_by_their_fields_and_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), config(Compression::None)).unwrap();
+    let p = log.partition(0).unwrap();
+    p.append(&[
+        Record::new("v").with_key("k").with_header("h", "1"),
+        Record::new("v").with_key("k").with_header("h", "2"),
+    ])
+    .unwrap();
+    let (a, b) = (
+        p.batches(0).next().unwrap().unwrap(),
+        p.batches(0).next().unwrap().unwrap(),
+    );
+    let (a, b): (Vec<_>, Vec<_>) = (
+        a.records().map(Result::unwrap).collect(),
+        b.records().map(Result::unwrap).collect(),
+    );
+    assert_eq!(a, b, "the same records read twice");
+    assert_ne!(
+        a[0].headers().collect::<Vec<_>>(),
+        a[1].headers().collect::<Vec<_>>()
+    );
+    let mut second = a[1];
+    second.offset = a[0].offset;
+    second.timestamp = a[0].timestamp;
+    assert_ne!(a[0], second, "the same fields but another header value");
+    assert!(format!("{:?}", a[0]).contains("\"h\""));
+}

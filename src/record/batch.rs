@@ -672,15 +672,18 @@ pub(crate) fn decode_record(
     last_delta: u32,
 ) -> Result<RecordSpans, CorruptKind> {
     let bad = CorruptKind::Record;
-    let rest = body.get(position..).unwrap_or_default();
-    let (length, n) = varint::get_u64(rest).ok_or(bad("record length"))?;
-    let record = usize::try_from(length)
-        .ok()
-        .and_then(|len| rest.get(n..n.checked_add(len)?))
+    // Fields are read by their place in `body`, the record's end bounding
+    // every read once it is known.
+    let mut fields = Fields {
+        buf: body,
+        at: position,
+    };
+    let length = fields.u64().ok_or(bad("record length"))?;
+    let (start, end) = fields
+        .span(length)
         .ok_or(bad("record length past the batch"))?;
-    // Where `record` starts in `body`.
-    let start = position + n;
-    let mut fields = Fields { buf: record, at: 0 };
+    fields.buf = body.get(..end).unwrap_or_default();
+    fields.at = start;
     let timestamp_delta = fields.i64().ok_or(bad("timestamp delta"))?;
     let offset_delta = fields.u64().ok_or(bad("offset delta"))?;
     if offset_delta < min_delta || offset_delta > u64::from(last_delta) {
@@ -693,17 +696,16 @@ pub(crate) fn decode_record(
     if header_count != 0 {
         check_headers(&mut fields, header_count)?;
     }
-    if fields.at != record.len() {
+    if fields.at != end {
         return Err(bad("record length does not match its fields"));
     }
-    let within = |(from, to): (usize, usize)| (start + from, start + to);
     Ok(RecordSpans {
-        end: start + record.len(),
+        end,
         offset_delta,
         timestamp_delta,
-        key: key.map(within),
-        value: value.map(within),
-        headers: within((headers_from, fields.at)),
+        key,
+        value,
+        headers: (headers_from, end),
         header_count,
     })
 }
@@ -833,6 +835,25 @@ struct Fields<'a> {
 impl Fields<'_> {
     #[inline]
     fn u64(&mut self) -> Option<u64> {
+        // One and two bytes, nearly every varint of a record, read in
+        // place; longer ones through the general decoder.
+        let at = self.at;
+        let low = *self.buf.get(at)?;
+        if low < 0x80 {
+            self.at = at + 1;
+            return Some(u64::from(low));
+        }
+        if let Some(&high) = self.buf.get(at + 1)
+            && high < 0x80
+        {
+            self.at = at + 2;
+            return Some(u64::from(low & 0x7f) | u64::from(high) << 7);
+        }
+        self.u64_long()
+    }
+
+    #[cold]
+    fn u64_long(&mut self) -> Option<u64> {
         let (v, n) = varint::get_u64(self.buf.get(self.at..)?)?;
         self.at += n;
         Some(v)
@@ -840,18 +861,21 @@ impl Fields<'_> {
 
     #[inline]
     fn i64(&mut self) -> Option<i64> {
-        let (v, n) = varint::get_i64(self.buf.get(self.at..)?)?;
-        self.at += n;
-        Some(v)
+        self.u64().map(varint::unzigzag)
     }
 
     /// The next `len` bytes, as a range of the record, after checking
     /// that they are there.
     #[inline]
     fn span(&mut self, len: u64) -> Option<(usize, usize)> {
-        let len = usize::try_from(len).ok()?;
         let from = self.at;
-        let to = from.checked_add(len).filter(|&to| to <= self.buf.len())?;
+        // `at` never passes the end of `buf`: what is left bounds `len`,
+        // and the sum cannot overflow.
+        let left = self.buf.len().saturating_sub(from);
+        if len > u64::try_from(left).unwrap_or(u64::MAX) {
+            return None;
+        }
+        let to = from + usize::try_from(len).ok()?;
         self.at = to;
         Some((from, to))
     }
@@ -860,9 +884,12 @@ impl Fields<'_> {
     /// record.
     #[inline]
     fn nullable(&mut self) -> Option<Option<(usize, usize)>> {
-        match self.i64()? {
-            -1 => Some(None),
-            len => self.span(u64::try_from(len).ok()?).map(Some),
+        // Zigzag: an even value is a length, 1 is -1 (null), and other odd
+        // values are negative lengths.
+        match self.u64()? {
+            1 => Some(None),
+            raw if raw & 1 == 0 => self.span(raw >> 1).map(Some),
+            _ => None,
         }
     }
 }

@@ -62,7 +62,13 @@ fn get_u64_long(buf: &[u8]) -> Option<(u64, usize)> {
 #[inline]
 pub(crate) fn get_i64(buf: &[u8]) -> Option<(i64, usize)> {
     let (raw, n) = get_u64(buf)?;
-    Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), n))
+    Some((unzigzag(raw), n))
+}
+
+/// The signed value of a zigzag-encoded one.
+#[inline]
+pub(crate) fn unzigzag(raw: u64) -> i64 {
+    ((raw >> 1) as i64) ^ -((raw & 1) as i64)
 }
 
 #[cfg(test)]
