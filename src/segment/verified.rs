@@ -21,7 +21,8 @@
 //! [`VerifiedBatches::forget`]): pages whose write-back failed may be
 //! dropped from the page cache and read back stale.
 //!
-//! The memo is a direct-mapped table of `AtomicU64`s, lock free and bounded.
+//! The memo is a direct-mapped table of pairs of `AtomicU64`s, lock free and
+//! bounded.
 //! The entry for a batch is chosen by the 4 KiB block its position falls
 //! in, modulo the table's length, and holds the batch's position and CRC:
 //! a lookup matches only the same position with the same stored checksum,
