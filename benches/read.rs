@@ -6,6 +6,8 @@
 //! then closed and reopened. Measured:
 //!
 //! - `scan/reader`: every record through `Partition::reader(0)`;
+//! - `scan/batches`: every record through `Partition::batches(0)`, borrowed
+//!   from its batch;
 //! - `scan/read_1MiB`: every record through `Partition::read(offset, 1 MiB)`
 //!   calls, each starting after the last record of the previous one;
 //! - `point/reader_next` and `point/read_1_byte`: one record at an offset
@@ -13,7 +15,10 @@
 //!   through `read(offset, 1)` (which decodes the whole batch holding it).
 //!
 //! The data is in the page cache: these are the costs of the log's own code
-//! (index lookup, checksum, decoding), not of the disk.
+//! (index lookup, checksum, decoding), not of the disk. Each batch's
+//! checksum is verified at its first read only (see
+//! `Config::verify_every_read`), so after the warm-up the iterations read
+//! batches already verified.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -108,6 +113,18 @@ fn scans(c: &mut Criterion, fixture: &Fixture) {
             for record in partition.reader(0) {
                 black_box(record.expect("read"));
                 count += 1;
+            }
+            assert_eq!(count, records);
+        });
+    });
+    group.bench_function("batches", |b| {
+        b.iter(|| {
+            let mut count = 0u64;
+            for batch in partition.batches(0) {
+                for record in batch.expect("read").records() {
+                    black_box(record.expect("read"));
+                    count += 1;
+                }
             }
             assert_eq!(count, records);
         });

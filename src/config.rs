@@ -148,6 +148,22 @@ pub struct Config {
     ///
     /// Default: [`Compression::None`].
     pub compression: Compression,
+    /// Verify a batch's checksum on every read of it. When `false`, a batch
+    /// is verified the first time this process reads it, and later reads of
+    /// the same batch trust it: published batch bytes are never rewritten in
+    /// place (a truncation or a compaction writes a new file, read with an
+    /// empty memo), so what matched its checksum once still does, unless
+    /// something outside the log writes into the file or the disk hands back
+    /// other bytes for it. Set this to have every read find such damage;
+    /// it costs a pass over the whole batch for every point read.
+    ///
+    /// Either way a batch is verified before any of its records is handed
+    /// out for the first time, and reopening the log verifies every batch
+    /// again at its first read. The memo takes at most 512 KiB per segment
+    /// and 64 MiB per process (FORMAT.md, "Reading").
+    ///
+    /// Default: `false` (verify once).
+    pub verify_every_read: bool,
     /// What happens to old segments.
     ///
     /// Default: [`Cleanup::Delete`].
@@ -186,6 +202,7 @@ impl Default for Config {
             retention_check_interval: Duration::from_secs(5 * 60),
             durability: Durability::Sync,
             compression: Compression::None,
+            verify_every_read: false,
             cleanup: Cleanup::Delete,
             delete_retention: DAY,
         }
@@ -230,6 +247,8 @@ setters! {
     durability: Durability;
     /// Sets [`Config::compression`].
     compression: Compression;
+    /// Sets [`Config::verify_every_read`].
+    verify_every_read: bool;
     /// Sets [`Config::cleanup`].
     cleanup: Cleanup;
     /// Sets [`Config::delete_retention`].

@@ -47,6 +47,7 @@
 #![deny(unsafe_code)]
 #![warn(clippy::semicolon_if_nothing_returned)]
 
+mod batches;
 mod checkpoint;
 mod cleaner;
 mod codec;
@@ -85,6 +86,7 @@ mod tail;
 #[cfg(test)]
 mod tests;
 
+pub use batches::{Batch, BatchRecords, Batches, HeaderRef, HeaderRefs, RecordRef};
 pub use cleaner::CompactionReport;
 pub use config::{Cleanup, Compression, Config, Durability};
 pub use error::{CorruptKind, Error, Result};

@@ -30,7 +30,20 @@ pub(crate) fn len_i64(value: i64) -> usize {
 
 /// Decodes an unsigned varint from the front of `buf`; returns the value and
 /// the bytes it took, or `None` if it is cut short or longer than a `u64`.
+///
+/// Lengths and deltas in a batch are nearly always one or two bytes, so
+/// those are decoded inline; longer ones take the loop.
+#[inline]
 pub(crate) fn get_u64(buf: &[u8]) -> Option<(u64, usize)> {
+    match *buf {
+        [b0, ..] if b0 < 0x80 => Some((u64::from(b0), 1)),
+        [b0, b1, ..] if b1 < 0x80 => Some((u64::from(b0 & 0x7f) | u64::from(b1) << 7, 2)),
+        _ => get_u64_long(buf),
+    }
+}
+
+#[cold]
+fn get_u64_long(buf: &[u8]) -> Option<(u64, usize)> {
     let mut value: u64 = 0;
     for (i, &byte) in buf.iter().take(MAX_VARINT_BYTES).enumerate() {
         let bits = u64::from(byte & 0x7f);
@@ -45,9 +58,17 @@ pub(crate) fn get_u64(buf: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
+/// Decodes a zigzag varint from the front of `buf`, as [`get_u64`].
+#[inline]
 pub(crate) fn get_i64(buf: &[u8]) -> Option<(i64, usize)> {
     let (raw, n) = get_u64(buf)?;
-    Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), n))
+    Some((unzigzag(raw), n))
+}
+
+/// The signed value of a zigzag-encoded one.
+#[inline]
+pub(crate) fn unzigzag(raw: u64) -> i64 {
+    ((raw >> 1) as i64) ^ -((raw & 1) as i64)
 }
 
 #[cfg(test)]
@@ -78,5 +99,19 @@ mod tests {
         eleven.push(0);
         assert_eq!(get_u64(&eleven), None);
         assert_eq!(get_u64(&[]), None);
+    }
+
+    #[test]
+    fn the_short_forms_agree_with_the_loop() {
+        for b0 in 0..=u8::MAX {
+            assert_eq!(get_u64(&[b0]), get_u64_long(&[b0]), "{b0:#x}");
+            for b1 in 0..=u8::MAX {
+                for rest in [&[][..], &[0x01], &[0x80]] {
+                    let mut buf = vec![b0, b1];
+                    buf.extend_from_slice(rest);
+                    assert_eq!(get_u64(&buf), get_u64_long(&buf), "{buf:x?}");
+                }
+            }
+        }
     }
 }

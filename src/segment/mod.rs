@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use bytes::Bytes;
 
 mod index;
+mod verified;
 
 pub(crate) use index::{Entry, Index, OffsetEntry, TimeEntry};
+use verified::VerifiedBatches;
 
 use crate::config::{Config, Durability};
 use crate::error::{CorruptKind, Error, Result};
-use crate::record::batch::{self, BatchHeader, HEADER_BYTES};
+use crate::record::batch::{self, BatchHeader, HEADER_BYTES, Records};
 use crate::storage::{Storage, StorageFile, Stores, read_exact_at};
 
 /// File name suffixes.
@@ -90,6 +92,8 @@ pub(crate) struct Segment {
     /// (writer only, `Ahead::Reserve`).
     reserved: AtomicU64,
     segment_bytes: u64,
+    /// Batches whose checksum this process has verified (readers only).
+    verified: VerifiedBatches,
 }
 
 /// Printed without the mapping, whose bytes past the file's end must never
@@ -224,6 +228,10 @@ impl Segment {
             allocated: AtomicU64::new(size),
             reserved: AtomicU64::new(size),
             segment_bytes: config.segment_bytes,
+            verified: VerifiedBatches::new(
+                size.max(config.segment_bytes),
+                !config.verify_every_read,
+            ),
         })
     }
 
@@ -547,17 +555,21 @@ impl Segment {
 
     /// `len` bytes at `position`, as a view of the mapped file when possible.
     fn bytes(&self, position: u64, len: usize) -> io::Result<Bytes> {
-        let start =
-            usize::try_from(position).map_err(|_| io::Error::other("position overflows"))?;
         if let Some(view) = &self.view
-            && let Some(end) = start.checked_add(len)
-            && end <= view.len()
+            && let Some(range) = Self::view_range(view, position, len)
         {
-            return Ok(view.slice(start..end));
+            return Ok(view.slice(range));
         }
         let mut buf = vec![0u8; len];
         read_exact_at(&*self.log, &mut buf, position)?;
         Ok(Bytes::from(buf))
+    }
+
+    /// Where `len` bytes at `position` are in `view`, if they are.
+    fn view_range(view: &Bytes, position: u64, len: usize) -> Option<std::ops::Range<usize>> {
+        let start = usize::try_from(position).ok()?;
+        let end = start.checked_add(len).filter(|&end| end <= view.len())?;
+        Some(start..end)
     }
 
     /// Reads and checks the header of the batch at `position`, which must be
@@ -575,10 +587,21 @@ impl Segment {
                 available: size.saturating_sub(position),
             }));
         }
-        let bytes = self
-            .bytes(position, HEADER_BYTES)
-            .map_err(|e| Error::io(&self.log_path, e))?;
-        let header = BatchHeader::parse(&bytes, STORED_BATCH_BYTES_MAX).map_err(corrupt)?;
+        // Parsed where it lies in the mapping when there is one: a header is
+        // read for every batch of a scan, so no `Bytes` is made for it.
+        let mapped = self.view.as_ref().and_then(|view| {
+            Self::view_range(view, position, HEADER_BYTES).map(|range| &view[range])
+        });
+        let parsed = match mapped {
+            Some(bytes) => BatchHeader::parse(bytes, STORED_BATCH_BYTES_MAX),
+            None => {
+                let mut buf = [0u8; HEADER_BYTES];
+                read_exact_at(&*self.log, &mut buf, position)
+                    .map_err(|e| Error::io(&self.log_path, e))?;
+                BatchHeader::parse(&buf, STORED_BATCH_BYTES_MAX)
+            }
+        };
+        let header = parsed.map_err(corrupt)?;
         if position + u64::from(header.batch_length) > size {
             return Err(corrupt(CorruptKind::Length {
                 length: u64::from(header.batch_length),
@@ -587,36 +610,88 @@ impl Segment {
         Ok(header)
     }
 
-    /// Reads the whole batch at `position` and verifies its checksum.
+    /// Reads the whole published batch at `position` and verifies its
+    /// checksum, unless this process has verified it already (see
+    /// [`Config::verify_every_read`]).
     pub(crate) fn read_batch(&self, position: u64) -> Result<(BatchHeader, Bytes)> {
-        self.read_batch_within(position, self.size())
+        self.read_batch_checked(position, self.size(), true)
     }
 
-    /// As [`Segment::read_batch`], for a batch that must end by `size`: used
-    /// by recovery, which checks bytes before they are published.
+    /// As [`Segment::read_batch`], for a batch that must end by `size`, and
+    /// always verified: used by recovery, which checks bytes before they
+    /// are published (and may cut them).
     pub(crate) fn read_batch_within(
         &self,
         position: u64,
         size: u64,
     ) -> Result<(BatchHeader, Bytes)> {
+        self.read_batch_checked(position, size, false)
+    }
+
+    fn read_batch_checked(
+        &self,
+        position: u64,
+        size: u64,
+        published: bool,
+    ) -> Result<(BatchHeader, Bytes)> {
         let header = self.read_header_within(position, size)?;
         let bytes = self
             .bytes(position, header.batch_length as usize)
             .map_err(|e| Error::io(&self.log_path, e))?;
-        let verified = batch::verify_batch(&bytes, STORED_BATCH_BYTES_MAX)
-            .map_err(|kind| Error::corrupt(&self.log_path, position, kind))?;
+        let header = if published && self.verified.contains(position, header.crc) {
+            header
+        } else {
+            let verified = batch::verify_batch(&bytes, STORED_BATCH_BYTES_MAX)
+                .map_err(|kind| Error::corrupt(&self.log_path, position, kind))?;
+            if published {
+                self.verified.insert(position, verified.crc);
+            }
+            verified
+        };
         // A batch belongs to its segment's offsets, whatever its checksum.
-        if verified.base_offset < self.base_offset || !self.offsets_fit(verified.last_offset()) {
+        if header.base_offset < self.base_offset || !self.offsets_fit(header.last_offset()) {
             return Err(Error::corrupt(
                 &self.log_path,
                 position,
                 CorruptKind::OffsetOrder {
                     expected_at_least: self.base_offset,
-                    found: verified.base_offset,
+                    found: header.base_offset,
                 },
             ));
         }
-        Ok((verified, bytes))
+        Ok((header, bytes))
+    }
+
+    /// The records of the batch at `position` (as [`Segment::read_batch`]
+    /// returned it) from `offset` on. The records before `offset` are
+    /// stepped over from the nearest place an earlier read of the batch
+    /// learned (see [`Marks`](batch::Marks)), and what this walk learns is kept for the
+    /// next one.
+    pub(crate) fn records_from(
+        &self,
+        position: u64,
+        header: BatchHeader,
+        batch: Bytes,
+        offset: u64,
+    ) -> Records {
+        let records = Records::new(header, batch);
+        if offset <= header.base_offset {
+            return records;
+        }
+        let known = self.verified.marks(position);
+        let mut marks = known;
+        let records = records.skip_before_marked(offset, &mut marks);
+        if marks != known {
+            self.verified.set_marks(position, marks);
+        }
+        records
+    }
+
+    /// Stops trusting the batches this process has verified: every later
+    /// read of the segment verifies its batch again. For a partition whose
+    /// fsync failed, whose pages may be dropped and read back stale.
+    pub(crate) fn forget_verified(&self) {
+        self.verified.forget();
     }
 
     /// Byte position of the batch holding `offset`, or of the first batch

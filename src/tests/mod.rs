@@ -2,4 +2,5 @@
 
 mod fuzz_corpus;
 mod model;
+mod read_verification;
 mod recovery_files;

@@ -184,6 +184,7 @@ fn measure_reads<S: Subject>(
         )));
     }
     figures.add("w3", name, rate(records.len(), elapsed));
+    subject.other_scans(&expected.scan, figures)?;
 
     let start = Instant::now();
     let mut sum = 0u64;

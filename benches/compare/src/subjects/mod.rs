@@ -63,6 +63,14 @@ pub trait Subject: Sized {
     /// returns its [`Check::Touch`] value.
     fn read(&mut self, offset: u64) -> Result<u64>;
 
+    /// Measures, after W3 and before W4, any other way the system offers
+    /// to scan the log W3 read (whose digest is `expected`), after
+    /// reopening it if the first scan left something behind that a second
+    /// one would profit from. None by default.
+    fn other_scans(&mut self, _expected: &Digest, _figures: &mut Figures) -> Result<()> {
+        Ok(())
+    }
+
     /// Measures, on the log W4 read, any other point read the system offers
     /// (each read gives [`Subject::read`]'s value; their sum must be
     /// `expected`). None by default.
