@@ -159,7 +159,7 @@ pub struct Config {
     ///
     /// Either way a batch is verified before any of its records is handed
     /// out for the first time, and reopening the log verifies every batch
-    /// again at its first read. The memo takes at most 512 KiB per segment
+    /// again at its first read. The memo takes at most 1 MiB per segment
     /// and 64 MiB per process (FORMAT.md, "Reading").
     ///
     /// Default: `false` (verify once).

@@ -580,37 +580,43 @@ fn touch_lines(bytes: &[u8], from: usize, to: usize) {
     std::hint::black_box(folded);
 }
 
-/// Where two records of one batch start in its records block, so that a
+/// Where some records of one batch start in its records block, so that a
 /// point read into the batch can start stepping over records from the
-/// nearer one instead of from the first: a read of a record in the last
-/// third of a batch steps over a third of it, not two. Learned by the walk
-/// of an earlier read ([`Records::skip_before_marked`]) and kept with the
-/// batch's entry in the segment's memo of verified batches.
+/// nearest one before it instead of from the first: a read of the last
+/// record of a batch steps over a seventh of it, not all of it. Learned by
+/// the walk of an earlier read ([`Records::skip_before_marked`]) and kept
+/// with the batch's entry in the segment's memo of verified batches.
 ///
 /// Only for batches whose records are all there (record `i` has offset
 /// delta `i`, as every appended batch), of at least
 /// [`Marks::MIN_RECORDS`] records and a records block below 64 KiB.
-/// A mark is the start of the records at deltas `count / 3` and
-/// `2 * count / 3`; 0 is "not known yet" (no mark is the first record).
+/// Mark `k` is the start of the record at delta `count * (k + 1) / 7`;
+/// 0 is "not known yet" (no mark is the first record).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Marks {
-    pub(crate) at: [u16; 2],
+    pub(crate) at: [u16; Marks::COUNT],
 }
 
 impl Marks {
+    /// How many records of a batch are marked.
+    pub(crate) const COUNT: usize = 6;
+
     /// Fewer records are stepped over quickly enough.
     pub(crate) const MIN_RECORDS: u32 = 8;
 
     /// The deltas of the marked records, if the batch can have marks.
-    fn deltas(header: &BatchHeader, body_len: usize) -> Option<[u32; 2]> {
+    fn deltas(header: &BatchHeader, body_len: usize) -> Option<[u32; Self::COUNT]> {
         let count = header.record_count;
         let gapless = u64::from(count) == u64::from(header.last_offset_delta) + 1;
-        (gapless && count >= Self::MIN_RECORDS && body_len <= usize::from(u16::MAX))
-            .then(|| [count / 3, count / 3 * 2])
+        (gapless && count >= Self::MIN_RECORDS && body_len <= usize::from(u16::MAX)).then(|| {
+            let parts = Self::COUNT as u64 + 1;
+            // `count * k / parts < count`, so each fits in a u32.
+            std::array::from_fn(|k| (u64::from(count) * (k as u64 + 1) / parts) as u32)
+        })
     }
 
     /// The known mark nearest before `wanted`: its delta and position.
-    fn nearest(&self, deltas: [u32; 2], wanted: u64) -> Option<(u32, u16)> {
+    fn nearest(&self, deltas: [u32; Self::COUNT], wanted: u64) -> Option<(u32, u16)> {
         deltas
             .into_iter()
             .zip(self.at)
@@ -618,7 +624,7 @@ impl Marks {
     }
 
     /// Notes that the record at `delta` starts at `position`.
-    fn learn(&mut self, deltas: [u32; 2], delta: u64, position: usize) {
+    fn learn(&mut self, deltas: [u32; Self::COUNT], delta: u64, position: usize) {
         for (&mark, at) in deltas.iter().zip(&mut self.at) {
             if u64::from(mark) == delta
                 && let Ok(position) = u16::try_from(position)
@@ -1012,13 +1018,15 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         let mut marks = Marks::default();
-        // A walk to the first mark learns only it; one past both learns both.
-        let first = Records::new(header, bytes.clone()).skip_before_marked(1_010, &mut marks);
+        // Marks at deltas 4, 8, 12, 17, 21 and 25. A walk to the first mark
+        // learns only it; one past all of them learns all.
+        let first = Records::new(header, bytes.clone()).skip_before_marked(1_004, &mut marks);
         assert_ne!(marks.at[0], 0);
-        assert_eq!(marks.at[1], 0);
+        assert_eq!(marks.at[1..], [0; Marks::COUNT - 1]);
         assert_eq!(first.position, usize::from(marks.at[0]));
         Records::new(header, bytes.clone()).skip_before_marked(1_029, &mut marks);
-        assert_ne!(marks.at[1], 0);
+        assert!(marks.at.iter().all(|&at| at != 0), "{marks:?}");
+        assert!(marks.at.is_sorted());
         let learned = marks;
         for wanted in 990..1_040 {
             let mut marks = learned;
@@ -1034,8 +1042,8 @@ mod tests {
             assert_eq!(from_marks, expected, "from {wanted}");
             assert_eq!(marks, learned, "the marks stay where they are");
         }
-        // Record 20 (the second mark) is found without stepping over the
-        // records before the first mark.
+        // Record 25 (the last mark) is found without stepping over the
+        // records before it.
         let mut marks = learned;
         let from_second = Records::new(header, bytes.clone()).skip_before_marked(1_025, &mut marks);
         assert_eq!(from_second.remaining, 5);
@@ -1068,7 +1076,9 @@ mod tests {
         let (header, bytes) = varied(30);
         for at in 0..=u16::try_from(bytes.len()).unwrap() + 2 {
             for wanted in [1_010, 1_015, 1_020, 1_029] {
-                let mut marks = Marks { at: [at, at] };
+                let mut marks = Marks {
+                    at: [at; Marks::COUNT],
+                };
                 for record in
                     Records::new(header, bytes.clone()).skip_before_marked(wanted, &mut marks)
                 {

@@ -21,8 +21,8 @@
 //! [`VerifiedBatches::forget`]): pages whose write-back failed may be
 //! dropped from the page cache and read back stale.
 //!
-//! The memo is a direct-mapped table of pairs of `AtomicU64`s, lock free and
-//! bounded.
+//! The memo is a direct-mapped table of entries of four `AtomicU64`s, lock
+//! free and bounded.
 //! The entry for a batch is chosen by the 4 KiB block its position falls
 //! in, modulo the table's length, and holds the batch's position and CRC:
 //! a lookup matches only the same position with the same stored checksum,
@@ -30,12 +30,12 @@
 //! or more never share an entry with a batch less than a table's span
 //! away; smaller ones may, and cost little to verify again.
 //!
-//! Each entry also keeps the [`Marks`] of its batch, where two of its
+//! Each entry also keeps the [`Marks`] of its batch, where six of its
 //! records start, so that a point read into the batch steps over fewer
 //! records; they are learned by reads and stay right for as long as the
 //! batch's bytes do.
 //!
-//! Memory: a table has at most [`MAX_SLOTS`] entries (512 KiB, spanning
+//! Memory: a table has at most [`MAX_SLOTS`] entries (1 MiB, spanning
 //! 128 MiB of a segment), fewer for smaller segments, and is allocated on
 //! the first verified read of its segment. All tables of the process
 //! together take at most [`PROCESS_BYTES_MAX`]; a segment that finds no room
@@ -51,11 +51,13 @@ use crate::record::batch::Marks;
 const BLOCK_SHIFT: u32 = 12;
 /// Smallest table.
 const MIN_SLOTS: usize = 16;
-/// Largest table: 512 KiB, for segments of 128 MiB or more.
+/// Largest table: 1 MiB, for segments of 128 MiB or more.
 pub(crate) const MAX_SLOTS: usize = 1 << 15;
 /// What the tables of all segments of the process may take together.
 pub(crate) const PROCESS_BYTES_MAX: usize = 64 << 20;
 
+/// Words of a slot holding marks, two marks each.
+const MARK_WORDS: usize = Marks::COUNT / 2;
 const SLOT_BYTES: usize = size_of::<Slot>();
 const _: () = assert!(MIN_SLOTS.is_power_of_two() && MAX_SLOTS.is_power_of_two());
 const _: () = assert!(MAX_SLOTS * SLOT_BYTES <= PROCESS_BYTES_MAX);
@@ -87,18 +89,18 @@ static PROCESS_BUDGET: Budget = Budget {
     max: PROCESS_BYTES_MAX,
 };
 
-/// One entry of the table: two words, each naming the batch it is about,
-/// so that each is right on its own whatever the other holds.
+/// One entry of the table: four words, each naming the batch it is about,
+/// so that each is right on its own whatever the others hold.
 #[derive(Default)]
 struct Slot {
     /// `(position + 1) << 32 | crc`: the batch at `position` with this
     /// stored checksum passed it. Zero is an empty slot.
     verified: AtomicU64,
-    /// `(position + 1) << 32 | mark[1] << 16 | mark[0]`: the [`Marks`] of
-    /// the batch at `position`. Marks come from the bytes of a verified
-    /// batch, which never change, so they stay right for that position
-    /// whichever batch `verified` names now.
-    marks: AtomicU64,
+    /// `(position + 1) << 32 | mark[2i + 1] << 16 | mark[2i]`: two of the
+    /// [`Marks`] of the batch at `position` each. Marks come from the bytes
+    /// of a verified batch, which never change, so they stay right for that
+    /// position whichever batch `verified` names now.
+    marks: [AtomicU64; MARK_WORDS],
 }
 
 /// The memo of one segment; see the module documentation.
@@ -189,28 +191,31 @@ impl VerifiedBatches {
         let (Some(slots), Some((block, key))) = (self.table(), Self::entry(position, 0)) else {
             return Marks::default();
         };
-        let word = slots[block & (slots.len() - 1)]
-            .marks
-            .load(Ordering::Relaxed);
-        if word >> 32 != key >> 32 {
-            return Marks::default();
+        let slot = &slots[block & (slots.len() - 1)];
+        let mut marks = Marks::default();
+        for (word, at) in slot.marks.iter().zip(marks.at.chunks_exact_mut(2)) {
+            let word = word.load(Ordering::Relaxed);
+            if word >> 32 == key >> 32 {
+                at[0] = word as u16;
+                at[1] = (word >> 16) as u16;
+            }
         }
-        let [a0, a1, b0, b1, ..] = word.to_le_bytes();
-        Marks {
-            at: [u16::from_le_bytes([a0, a1]), u16::from_le_bytes([b0, b1])],
-        }
+        marks
     }
 
     /// Keeps the marks of the batch at `position`, a batch that passed its
     /// checksum.
     pub(crate) fn set_marks(&self, position: u64, marks: Marks) {
-        let low = u32::from(marks.at[1]) << 16 | u32::from(marks.at[0]);
-        let (Some(slots), Some((block, word))) = (self.table(), Self::entry(position, low)) else {
+        let (Some(slots), Some((block, key))) = (self.table(), Self::entry(position, 0)) else {
             return;
         };
-        slots[block & (slots.len() - 1)]
-            .marks
-            .store(word, Ordering::Relaxed);
+        let slot = &slots[block & (slots.len() - 1)];
+        for (word, at) in slot.marks.iter().zip(marks.at.chunks_exact(2)) {
+            word.store(
+                key | u64::from(at[1]) << 16 | u64::from(at[0]),
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// Allocates the table if the process has room for it.
