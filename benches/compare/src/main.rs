@@ -20,6 +20,8 @@
 //! - W7 (durable-log only): latency from `append` to a tailing reader,
 //!   next to an `mpsc` channel.
 //! - durable-log's W1 and W3 with LZ4 and Zstandard, and lz4_flex alone.
+//! - durable-log's peak memory as a writer and as a reader of a 100 MB and
+//!   a 1 GB log, each in a child process.
 //! - The machine's limits: page-cache write bandwidth, fdatasync latency,
 //!   memcpy bandwidth.
 //!
@@ -30,6 +32,7 @@
 mod crash;
 mod durable_only;
 mod machine;
+mod memory;
 mod report;
 mod stats;
 mod subjects;
@@ -54,6 +57,7 @@ use crate::workload::{BATCH_RECORDS, Check, Digest, Params};
 
 fn main() {
     crash::run_child_if_asked();
+    memory::run_child_if_asked();
     let params = Params::from_env();
     eprintln!("{params:?}");
     let records = workload::records(params.records);
@@ -87,6 +91,12 @@ fn main() {
         {
             eprintln!("durable-log only workloads failed: {e}");
             figures.note("failed", DurableLog::NAME, format!("durable-log only: {e}"));
+        }
+        if params.runs_system(memory::NAME)
+            && let Err(e) = memory::measure(&params.dir, &mut figures)
+        {
+            eprintln!("memory measurement failed: {e}");
+            figures.note("failed", DurableLog::NAME, format!("memory: {e}"));
         }
         // Last, as its gigabyte of writes disturbs what follows it most.
         if params.runs_system(machine::MACHINE) {

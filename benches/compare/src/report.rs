@@ -351,6 +351,32 @@ fn print_durable_only(figures: &Figures) {
         ratio(size),
         verdict(size.map(|s| s <= 0.4))
     );
+
+    println!("### Peak memory (durable-log, one child process each)\n");
+    println!(
+        "| process | log | peak anonymous memory (`RssAnon`) | peak resident set (`VmHWM`, mapped log pages included) |"
+    );
+    println!("|---|---:|---:|---:|");
+    let mib = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1} MiB"));
+    for (role, label) in [("write", "writer"), ("read", "reader")] {
+        for mb in [100, 1_000] {
+            println!(
+                "| {label} | {mb} MB | {} | {} |",
+                mib(get(&format!("memory.{role}.{mb}.anon_mib"))),
+                mib(get(&format!("memory.{role}.{mb}.hwm_mib"))),
+            );
+        }
+    }
+    let flat = |role: &str| {
+        get(&format!("memory.{role}.1000.anon_mib"))
+            .zip(get(&format!("memory.{role}.100.anon_mib")))
+            .map(|(big, small)| big / small)
+    };
+    println!(
+        "\n- anonymous memory at 1 GB / at 100 MB: writer {}, reader {}\n",
+        ratio(flat("write")),
+        ratio(flat("read")),
+    );
 }
 
 fn micros(value: Option<f64>) -> String {

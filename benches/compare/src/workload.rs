@@ -43,8 +43,8 @@ pub struct Params {
     /// default 3).
     pub runs: usize,
     /// Systems to run, by name (`COMPARE_SYSTEMS`, comma-separated; default
-    /// all). `durable-log-only` names W6, W7 and the codecs, `machine` the
-    /// machine's limits.
+    /// all). `durable-log-only` names W6, W7 and the codecs, `memory` the
+    /// peak memory of a writer and a reader, `machine` the machine's limits.
     pub systems: Option<Vec<String>>,
     /// Where the systems keep their data (`COMPARE_DIR`, default
     /// `./target/compare-data`). Emptied before and after each system.
