@@ -525,20 +525,7 @@ impl Records {
             touch_lines(body, position, until.saturating_add(CACHE_LINE_BYTES * 2));
         }
         while remaining > 0 {
-            let rest = body.get(position..).unwrap_or_default();
-            let Some((length, n)) = varint::get_u64(rest) else {
-                break;
-            };
-            let Some(record) = usize::try_from(length)
-                .ok()
-                .and_then(|len| rest.get(n..n.checked_add(len)?))
-            else {
-                break;
-            };
-            let Some((_, ts_len)) = varint::get_i64(record) else {
-                break;
-            };
-            let Some((delta, _)) = varint::get_u64(record.get(ts_len..).unwrap_or_default()) else {
+            let Some((delta, len)) = delta_and_length(body, position) else {
                 break;
             };
             if delta < min_delta || delta > last_delta {
@@ -550,15 +537,33 @@ impl Records {
             if delta >= wanted {
                 break;
             }
-            position += n + record.len();
+            position += len;
             min_delta = delta + 1;
             remaining -= 1;
+        }
+        if let Some(deltas) = mark_deltas
+            && marks.at.contains(&0)
+        {
+            marks.learn_rest(deltas, body, position, min_delta);
         }
         self.position = position;
         self.min_delta = min_delta;
         self.remaining = remaining;
         self
     }
+}
+
+/// The offset delta of the record at `position` of a records block, and
+/// its length with its length prefix; `None` when they do not decode or
+/// the record does not fit in the block.
+#[inline]
+fn delta_and_length(body: &[u8], position: usize) -> Option<(u64, usize)> {
+    let rest = body.get(position..)?;
+    let (length, n) = varint::get_u64(rest)?;
+    let record = rest.get(n..n.checked_add(usize::try_from(length).ok()?)?)?;
+    let (_, ts_len) = varint::get_i64(record)?;
+    let (delta, _) = varint::get_u64(record.get(ts_len..)?)?;
+    Some((delta, n + record.len()))
 }
 
 const CACHE_LINE_BYTES: usize = 64;
@@ -621,6 +626,30 @@ impl Marks {
             .into_iter()
             .zip(self.at)
             .rfind(|&(delta, at)| at != 0 && u64::from(delta) <= wanted)
+    }
+
+    /// Steps on from the record at `position` (whose delta is `delta`) to
+    /// the last mark, noting the marks it passes, so that the reads after
+    /// the first one into a batch find every mark. Stops at the first
+    /// record that does not decode: the read that needs it reports it.
+    fn learn_rest(
+        &mut self,
+        deltas: [u32; Self::COUNT],
+        body: &[u8],
+        mut position: usize,
+        mut delta: u64,
+    ) {
+        let last = u64::from(deltas[Self::COUNT - 1]);
+        while delta <= last {
+            match delta_and_length(body, position) {
+                Some((found, len)) if found == delta => {
+                    self.learn(deltas, delta, position);
+                    position += len;
+                    delta += 1;
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Notes that the record at `delta` starts at `position`.
@@ -1018,15 +1047,16 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         let mut marks = Marks::default();
-        // Marks at deltas 4, 8, 12, 17, 21 and 25. A walk to the first mark
-        // learns only it; one past all of them learns all.
+        // Marks at deltas 4, 8, 12, 17, 21 and 25. The first walk, even to
+        // the first mark, learns them all, and stops where it was asked to.
         let first = Records::new(header, bytes.clone()).skip_before_marked(1_004, &mut marks);
-        assert_ne!(marks.at[0], 0);
-        assert_eq!(marks.at[1..], [0; Marks::COUNT - 1]);
-        assert_eq!(first.position, usize::from(marks.at[0]));
-        Records::new(header, bytes.clone()).skip_before_marked(1_029, &mut marks);
         assert!(marks.at.iter().all(|&at| at != 0), "{marks:?}");
         assert!(marks.at.is_sorted());
+        assert_eq!(first.position, usize::from(marks.at[0]));
+        assert_eq!(first.remaining, 26);
+        let again = marks;
+        Records::new(header, bytes.clone()).skip_before_marked(1_029, &mut marks);
+        assert_eq!(marks, again, "nothing more to learn");
         let learned = marks;
         for wanted in 990..1_040 {
             let mut marks = learned;
