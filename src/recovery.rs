@@ -11,7 +11,7 @@
 //! | 3 | a segment as in row 2 whose index is missing, not whole entries, or inconsistent | scan it, rebuild its indexes | `row3_bad_index_is_rebuilt` |
 //! | 4 | the segment holding the recovery point or a later one, when the shutdown was not clean (or the clean mark does not match the files) | scan it, rebuild its indexes | `row4_unclean_tail_is_scanned` |
 //! | 5 | while scanning the last segment, an invalid batch (bad header, bounds, checksum, or offsets not increasing) at or after the synced position | truncate the segment there | `row5_torn_tail_is_truncated` |
-//! | 6 | an invalid batch below the synced position of the last segment, or anywhere in an earlier segment | fail with `Error::Corrupt` naming the file and position | `row6_damage_in_synced_data_fails` |
+//! | 6 | an invalid batch below the synced position of the last segment, or anywhere in an earlier segment (below the synced position only headers are read, but for the last batch before it, which is verified in full; a checksum that fails there is found by the first read of the batch) | fail with `Error::Corrupt` naming the file and position | `row6_damage_in_synced_data_fails`, `tests::recovery_files::row6_*` |
 //! | 7 | the last segment is shorter than its synced position | fail with `Error::Corrupt` | `row7_synced_bytes_missing_fails` |
 //! | 8 | no valid checkpoint | every segment but the last is synced (rows 2, 3, 6); the last is scanned with nothing known synced | `row8_no_checkpoint` |
 //! | 9 | an index file without its log file, or a leftover temporary file of an interrupted rewrite | delete it | `row9_leftovers_are_removed` |

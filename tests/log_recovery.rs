@@ -383,13 +383,14 @@ fn without_a_checkpoint_intact_data_is_scanned_and_kept() {
 }
 
 #[test]
-fn damage_below_the_synced_position_of_the_last_segment_fails_the_open() {
+fn damage_in_the_last_synced_batch_of_the_last_segment_fails_the_open() {
     // Row 6: garbage at the end voids the clean mark, so the last segment
-    // is scanned; the bytes the checkpoint says were synced must check out.
+    // is scanned; its last synced batch, which gives the offset the synced
+    // bytes end at, is verified in full and must check out.
     let dir = tempfile::tempdir().unwrap();
     fill_and_close(dir.path(), small(), 30);
     let last = log_files(dir.path(), 0).pop().unwrap();
-    let bad = batches_in(&last)[0];
+    let bad = *batches_in(&last).last().unwrap();
     flip_bit(&last, payload_byte(&bad));
     append_bytes(&last, &[1, 2, 3, 4, 5]);
     expect_corrupt_at(Log::open(dir.path(), small()), &last, bad.position);
@@ -398,6 +399,34 @@ fn damage_below_the_synced_position_of_the_last_segment_fails_the_open() {
     let len = file_len(&last);
     expect_corrupt_at(Log::open(dir.path(), small()), &last, bad.position);
     assert_eq!(file_len(&last), len);
+}
+
+#[test]
+fn damage_in_earlier_synced_batches_is_reported_by_the_read() {
+    // Row 6: below the synced position only headers are walked at open, so
+    // damaged records there open fine and fail the read that reaches them,
+    // which returns nothing of the damaged batch.
+    let dir = tempfile::tempdir().unwrap();
+    let written = fill_and_close(dir.path(), small(), 30);
+    let last = log_files(dir.path(), 0).pop().unwrap();
+    let batches = batches_in(&last);
+    assert!(batches.len() >= 2, "{batches:?}");
+    let bad = batches[0];
+    flip_bit(&last, payload_byte(&bad));
+    append_bytes(&last, &[1, 2, 3, 4, 5]);
+    let log = Log::open(dir.path(), small()).unwrap();
+    let p = log.partition(0).unwrap();
+    let mut read = Vec::new();
+    let error = p.reader(0).find_map(|record| match record {
+        Ok(record) => {
+            read.push(record);
+            None
+        }
+        Err(e) => Some(e),
+    });
+    expect_corrupt_at(error.map_or(Ok(()), Err), &last, bad.position);
+    assert!(read.len() < written.len());
+    assert_eq!(read[..], written[..read.len()], "only records before it");
 }
 
 #[test]

@@ -322,30 +322,38 @@ fn crashed_after_reopen(sim: &SimStorage) -> Vec<u64> {
 }
 
 #[test]
-fn row6_damage_below_synced_position_fails() {
-    for (damage_at, want) in [
-        // In a record: the checksum fails.
-        (70, "checksum"),
-        // The format version byte.
-        (crate::record::batch::MAGIC_OFFSET as u64, "version"),
-    ] {
-        let sim = SimStorage::new(4);
-        let positions = crashed_after_reopen(&sim);
-        let path = segment_file(0, LOG_SUFFIX);
-        flip(&sim, &path, positions[2] + damage_at);
+fn row6_a_damaged_header_below_synced_position_fails() {
+    let sim = SimStorage::new(4);
+    let positions = crashed_after_reopen(&sim);
+    let path = segment_file(0, LOG_SUFFIX);
+    flip(
+        &sim,
+        &path,
+        positions[2] + crate::record::batch::MAGIC_OFFSET as u64,
+    );
 
-        let (bad_path, position, kind) = expect_corrupt(open(&sim, &one_segment_config()));
-        assert_eq!(bad_path, path, "{want}");
-        assert_eq!(position, positions[2], "{want}");
-        match want {
-            "checksum" => assert!(matches!(kind, CorruptKind::Checksum { .. }), "{kind:?}"),
-            _ => assert!(matches!(kind, CorruptKind::Version(_)), "{kind:?}"),
-        }
-    }
+    let (bad_path, position, kind) = expect_corrupt(open(&sim, &one_segment_config()));
+    assert_eq!(bad_path, path);
+    assert_eq!(position, positions[2]);
+    assert!(matches!(kind, CorruptKind::Version(_)), "{kind:?}");
+}
+
+/// Below the synced position only headers are walked at open; a batch
+/// whose records were damaged there fails its checksum at its first read,
+/// which reports it instead of returning its records.
+#[test]
+fn row6_damaged_records_below_synced_position_fail_when_read() {
+    let sim = SimStorage::new(4);
+    let positions = crashed_after_reopen(&sim);
+    let path = segment_file(0, LOG_SUFFIX);
+    flip(&sim, &path, positions[2] + 70);
+
+    let log = open(&sim, &one_segment_config()).expect("only headers are walked");
+    expect_corrupt_read(&log, &path, positions[2]);
 }
 
 #[test]
-fn row6_damage_in_earlier_segment_with_missing_index_fails() {
+fn row6_damage_in_earlier_segment_with_missing_index_fails_when_read() {
     let sim = SimStorage::new(5);
     closed_log(&sim, 20);
     let bases = segments_on_disk(&sim);
@@ -356,10 +364,32 @@ fn row6_damage_in_earlier_segment_with_missing_index_fails() {
         .expect("remove");
     flip(&sim, &path, positions[1] + 70);
 
-    let (bad_path, position, kind) = expect_corrupt(open(&sim, &config()));
-    assert_eq!(bad_path, path);
-    assert_eq!(position, positions[1]);
-    assert!(matches!(kind, CorruptKind::Checksum { .. }), "{kind:?}");
+    let log = open(&sim, &config()).expect("the index is rebuilt from headers");
+    expect_corrupt_read(&log, &path, positions[1]);
+}
+
+/// Reads partition 0 from its first record and expects the read to stop
+/// with a checksum error for the batch at `position` of `path`, after
+/// returning only the records before it.
+fn expect_corrupt_read(log: &Log, path: &std::path::Path, position: u64) {
+    let p = log.partition(0).expect("partition 0");
+    let mut reader = p.reader(p.start_offset());
+    loop {
+        match reader.next() {
+            Some(Ok(_)) => {}
+            Some(Err(Error::Corrupt {
+                path: bad_path,
+                position: bad_position,
+                kind,
+            })) => {
+                assert_eq!((bad_path.as_path(), bad_position), (path, position));
+                assert!(matches!(kind, CorruptKind::Checksum { .. }), "{kind:?}");
+                return;
+            }
+            Some(Err(other)) => panic!("expected a checksum error, got {other}"),
+            None => panic!("the damaged batch was read without an error"),
+        }
+    }
 }
 
 /// Row 2 trusts a closed segment with good indexes without reading it;
