@@ -34,8 +34,11 @@
 //!   with the default, [`Durability::Sync`], its bytes are fsynced.
 //! - Records in a partition keep the order and the offsets the log gave
 //!   them; an offset is never given to two different records.
-//! - Every batch carries a CRC-32 that is verified on every read and at
-//!   recovery: corrupt bytes are never returned as records.
+//! - Every batch carries a CRC-32 that is verified before a read hands out
+//!   any of its records (once per batch while its segment is open, unless
+//!   [`Config::verify_every_read`] asks for every read) and, at recovery,
+//!   for every batch from the last synced one on: corrupt bytes are never
+//!   returned as records.
 //! - After a crash, a torn tail of unsynced bytes is cut away; damage to
 //!   synced data is reported as [`Error::Corrupt`], never silently dropped.
 //! - After a failed write or fsync the partition refuses writes until the
