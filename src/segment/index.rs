@@ -221,7 +221,14 @@ impl<E: Entry> Index<E> {
         target: K,
         key: impl Fn(&E) -> K,
     ) -> io::Result<Option<(u64, E)>> {
-        let (mut lo, mut hi) = (0u64, self.len());
+        let len = self.len();
+        if let Some(entries) = self.view.as_ref().and_then(|view| {
+            let bytes = usize::try_from(len).ok()?.checked_mul(E::BYTES)?;
+            view.get(..bytes)
+        }) {
+            return Ok(floor_in(entries, target, key));
+        }
+        let (mut lo, mut hi) = (0u64, len);
         let mut found = None;
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -245,5 +252,66 @@ impl<E: Entry> Index<E> {
 
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+}
+
+/// [`Index::floor`] over entries that lie in memory: the last entry whose
+/// key is at most `target`. The search halves a window without leaving the
+/// loop early, so that the next probe does not wait on a branch the CPU
+/// cannot predict.
+fn floor_in<E: Entry, K: Ord>(
+    entries: &[u8],
+    target: K,
+    key: impl Fn(&E) -> K,
+) -> Option<(u64, E)> {
+    let entry = |i: usize| E::decode(&entries[i * E::BYTES..(i + 1) * E::BYTES]);
+    let mut size = entries.len() / E::BYTES;
+    if size == 0 {
+        return None;
+    }
+    // Invariant: if any entry's key is at most `target`, the last such
+    // entry is in `base..base + size`.
+    let mut base = 0;
+    while size > 1 {
+        let half = size / 2;
+        let mid = base + half;
+        if key(&entry(mid)) <= target {
+            base = mid;
+        }
+        size -= half;
+    }
+    let found = entry(base);
+    (key(&found) <= target).then_some((base as u64, found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-memory search agrees with the definition (the last entry
+    /// whose key is at most the target) on every target, with repeated
+    /// keys as a time index may have, and for every length.
+    #[test]
+    fn floor_in_finds_the_last_entry_at_or_below_the_target() {
+        let keys = [3i64, 5, 5, 5, 8, 13, 13, 21];
+        for len in 0..=keys.len() {
+            let mut bytes = vec![0u8; len * TimeEntry::BYTES];
+            for (i, &timestamp) in keys[..len].iter().enumerate() {
+                let entry = TimeEntry {
+                    timestamp,
+                    relative_offset: i as u32,
+                };
+                entry.encode_into(&mut bytes[i * TimeEntry::BYTES..]);
+            }
+            for target in 0..25 {
+                let expected = keys[..len].iter().rposition(|&k| k <= target);
+                let found = floor_in(&bytes, target, |e: &TimeEntry| e.timestamp);
+                assert_eq!(
+                    found.map(|(i, e)| (i, e.relative_offset as usize)),
+                    expected.map(|i| (i as u64, i)),
+                    "len {len}, target {target}"
+                );
+            }
+        }
     }
 }

@@ -707,6 +707,8 @@ impl Segment {
             .map_err(|e| Error::io(self.index.path(), e))?;
         let size = self.size();
         let mut position = entry.map_or(0, |(_, e)| u64::from(e.position)).min(size);
+        // The batch a point read lands in is usually the indexed one.
+        self.verified.prefetch(position);
         // The entry must point at the batch it names; otherwise the scan
         // could start past the offset, or inside a batch. The index is
         // derived data: a bad entry means scanning from the segment's start.

@@ -168,6 +168,19 @@ impl VerifiedBatches {
             == entry
     }
 
+    /// Starts loading the entry for the batch at `position` into the CPU's
+    /// caches, for a [`contains`](Self::contains) and [`marks`](Self::marks)
+    /// soon after: a point read issues it before it reads the batch's
+    /// header, so that the two misses overlap instead of following each
+    /// other. Only a speed-up: nothing depends on the value loaded.
+    #[inline]
+    pub(crate) fn prefetch(&self, position: u64) {
+        if let (Some(slots), Some((block, _))) = (self.slots.get(), Self::entry(position, 0)) {
+            let slot = &slots[block & (slots.len() - 1)];
+            std::hint::black_box(slot.verified.load(Ordering::Relaxed));
+        }
+    }
+
     /// Remembers that the batch at `position` whose header stores `crc`
     /// passed its checksum.
     pub(crate) fn insert(&self, position: u64, crc: u32) {
