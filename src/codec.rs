@@ -5,11 +5,15 @@
 //! partition may hold batches of different codecs. Compression is skipped
 //! when it does not make the block smaller.
 //!
-//! Decompressed blocks go into a fresh 64-byte-aligned buffer that the
-//! decoded records then point into, so reading a compressed batch copies
-//! its payload exactly once, and into aligned memory.
+//! Decompressed blocks go into a 64-byte-aligned buffer that the decoded
+//! records then point into, so reading a compressed batch copies its
+//! payload exactly once, and into aligned memory. Each thread keeps the
+//! buffer of its last block and reuses it for the next once no record
+//! points into it any more.
 
-use bytes::Bytes;
+use std::cell::RefCell;
+
+use bytes::{Bytes, BytesMut};
 
 use crate::config::Compression;
 use crate::error::CorruptKind;
@@ -60,13 +64,13 @@ pub(crate) fn decompress(codec: u16, block: &[u8]) -> Result<Bytes, CorruptKind>
                 .ok_or(bad("lz4 block too short"))?;
             let size = u32::from_le_bytes(*size) as usize;
             check_size(size)?;
-            let mut out = AlignedBuf::zeroed(size);
-            let written = lz4_flex::block::decompress_into(rest, out.as_mut())
+            let mut out = output(size);
+            let written = lz4_flex::block::decompress_into(rest, &mut out)
                 .map_err(|_| bad("lz4 block does not decompress"))?;
             if written != size {
                 return Err(bad("lz4 block has the wrong size"));
             }
-            Ok(out.into_bytes())
+            Ok(keep(out))
         }
         CODEC_ZSTD => {
             let size = zstd::zstd_safe::get_frame_content_size(block)
@@ -75,13 +79,13 @@ pub(crate) fn decompress(codec: u16, block: &[u8]) -> Result<Bytes, CorruptKind>
                 .ok_or(bad("zstd frame without a content size"))?;
             let size = usize::try_from(size).map_err(|_| bad("zstd frame too large"))?;
             check_size(size)?;
-            let mut out = AlignedBuf::zeroed(size);
-            let written = zstd::bulk::decompress_to_buffer(block, out.as_mut())
+            let mut out = output(size);
+            let written = zstd::bulk::decompress_to_buffer(block, &mut out)
                 .map_err(|_| bad("zstd frame does not decompress"))?;
             if written != size {
                 return Err(bad("zstd frame has the wrong size"));
             }
-            Ok(out.into_bytes())
+            Ok(keep(out))
         }
         _ => Err(bad("unknown compression codec")),
     }
@@ -94,6 +98,50 @@ fn check_size(size: usize) -> Result<(), CorruptKind> {
         });
     }
     Ok(())
+}
+
+/// Blocks up to this size decompress into a buffer the thread keeps.
+const KEPT_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// The buffer of the last block this thread decompressed. The records
+    /// read from that block point into it; once they are all dropped, the
+    /// next block reuses it instead of allocating and zeroing another.
+    static LAST: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// A 64-byte-aligned buffer of `size` initialized bytes to decompress into:
+/// the thread's last one when nothing points into it any more and it is
+/// large enough, else a new one.
+fn output(size: usize) -> BytesMut {
+    if size <= KEPT_BYTES
+        && let Some(last) = LAST.with_borrow_mut(Option::take)
+        && let Ok(mut buf) = last.try_into_mut()
+        // Growing past the capacity would move (and misalign) the buffer.
+        && buf.capacity() >= size
+    {
+        // Bytes already in the buffer are overwritten, not cleared first;
+        // only a longer block's extra bytes are zeroed.
+        buf.resize(size, 0);
+        return buf;
+    }
+    // A new buffer has no other owner, so this does not copy; an empty one
+    // is the shared static empty `Bytes`, and any other failure would only
+    // cost the alignment.
+    AlignedBuf::zeroed(size)
+        .into_bytes()
+        .try_into_mut()
+        .unwrap_or_else(|_| BytesMut::zeroed(size))
+}
+
+/// Hands out a decompressed block, keeping its buffer for the thread's
+/// next block if it is not too large.
+fn keep(out: BytesMut) -> Bytes {
+    let block = out.freeze();
+    if block.len() <= KEPT_BYTES {
+        LAST.with_borrow_mut(|last| *last = Some(block.clone()));
+    }
+    block
 }
 
 /// A zeroed buffer of `len` bytes whose start is 64-byte aligned (copies
@@ -115,10 +163,6 @@ impl AlignedBuf {
         let start = bytes.as_ptr().align_offset(Self::ALIGN);
         let start = if start < Self::ALIGN { start } else { 0 };
         AlignedBuf { bytes, start, len }
-    }
-
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.bytes[self.start..self.start + self.len]
     }
 
     fn into_bytes(self) -> Bytes {
@@ -150,6 +194,52 @@ mod tests {
             assert_eq!(&unpacked[..], &block[..]);
             assert_eq!(unpacked.as_ptr() as usize % 64, 0);
         }
+    }
+
+    /// An empty block decompresses too (to an empty buffer).
+    #[test]
+    fn an_empty_block_round_trips() {
+        for compression in [Compression::Lz4, Compression::Zstd { level: 1 }] {
+            let packed = match compression {
+                Compression::Lz4 => lz4_flex::block::compress_prepend_size(&[]),
+                _ => zstd::bulk::compress(&[], 1).unwrap(),
+            };
+            let unpacked = decompress(codec_of(compression), &packed).unwrap();
+            assert!(unpacked.is_empty(), "{compression:?}");
+        }
+    }
+
+    /// A block decompresses into the thread's last buffer once nothing
+    /// points into it, never while something does, and always aligned.
+    #[test]
+    fn the_last_buffer_is_reused_only_when_free() {
+        let block = sample();
+        let packed = compress(Compression::Lz4, &block).unwrap();
+        let smaller = compress(Compression::Lz4, &block[..block.len() / 2]).unwrap();
+        let first = decompress(CODEC_LZ4, &packed).unwrap();
+        let held = first.slice(10..20);
+        let place = first.as_ptr();
+        drop(first);
+        let second = decompress(CODEC_LZ4, &smaller).unwrap();
+        assert_ne!(second.as_ptr(), place, "a record still points into it");
+        assert_eq!(&held[..], &block[10..20]);
+        assert_eq!(&second[..], &block[..block.len() / 2]);
+        let place = second.as_ptr();
+        drop((held, second));
+        let third = decompress(CODEC_LZ4, &packed).unwrap();
+        assert_eq!(&third[..], &block[..]);
+        assert_eq!(third.as_ptr() as usize % 64, 0);
+        // The second buffer was half the size: the third needed a new one.
+        assert_ne!(third.as_ptr(), place);
+        let place = third.as_ptr();
+        drop(third);
+        let fourth = decompress(
+            CODEC_ZSTD,
+            &compress(Compression::Zstd { level: 1 }, &block[..100]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(fourth.as_ptr(), place, "free and large enough: reused");
+        assert_eq!(&fourth[..], &block[..100]);
     }
 
     #[test]
